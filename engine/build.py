@@ -1,0 +1,76 @@
+"""Turn a ``Config`` into the loop's parts: tokenizer, prepared tasks, policy and sampler.
+
+Kept apart from the loop so ``ttrl eval``, the benchmarks and the tests build the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from engine.config import Config
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL reports usage unless told not to
+log = logging.getLogger(__name__)
+
+
+def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
+    """The model path, data path and prompt template, building the demo on first use."""
+    model, data, template = cfg.model.model, cfg.data.data, cfg.data.template
+    if model == "demo" or data == "demo":
+        from engine.demo import DEMO_TEMPLATE, build_demo
+
+        demo_model, demo_tasks = build_demo()
+        if model == "demo":
+            model = str(demo_model)
+        if data == "demo":
+            data = str(demo_tasks)
+            template = template or DEMO_TEMPLATE
+    return model, data, template
+
+
+def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None):
+    from engine.data import load_tasks
+    from engine.prompts import DEFAULT_INSTRUCTION, prepare_tasks
+
+    d = cfg.data
+    tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
+                       split=d.split, limit=d.limit, data_dir=d.data_dir)
+    chat = {"auto": None, "on": True, "off": False}[d.chat]
+    return prepare_tasks(tasks, tokenizer, template=template or "{question}\n" + DEFAULT_INSTRUCTION, chat=chat,
+                         system_prompt=d.system_prompt, max_prompt_tokens=d.max_prompt_tokens,
+                         on_too_long=d.on_too_long)
+
+
+def torch_dtype(name: str, use_cpu: bool) -> str:
+    if name == "auto":
+        return "float32" if use_cpu else "bfloat16"
+    return name
+
+
+def build(cfg: Config):
+    """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer."""
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+
+    from engine.sampler_hf import HFSampler
+    from engine.update import GRPOPolicy, steps_for
+
+    model_path, data, template = resolve_model_and_data(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tasks = load_prepared_tasks(cfg, tokenizer, data, template)
+    g = cfg.grpo
+    g.model_init_kwargs = {"dtype": torch_dtype(cfg.model.dtype, g.use_cpu), **(g.model_init_kwargs or {})}
+    lora = None
+    if cfg.model.lora:
+        targets = cfg.model.lora_target_modules
+        lora = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
+                          target_modules=targets if targets == "all-linear" else targets.split(","),
+                          task_type="CAUSAL_LM")
+    total = steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step)
+    policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total)
+    sampler = HFSampler(policy.model, tokenizer, batch_size=cfg.ttrl.sampler_batch_size, progress=cfg.ttrl.progress)
+    return tokenizer, tasks, policy, sampler

@@ -1,0 +1,231 @@
+"""The run's configuration: one dataclass per concern, plus TRL's own ``GRPOConfig`` for the update.
+
+Every field is documented once, in its ``help`` metadata, which ``ttrl run --help`` prints with its
+default. The update knobs are not re-declared here: ``GRPOConfig`` is parsed beside these dataclasses
+by transformers' ``HfArgumentParser`` (the parser TRL's own scripts use), so ``--beta``,
+``--learning_rate``, ``--temperature``, ``--max_completion_length``, ``--loss_type`` … all work, from
+the command line and from the YAML file alike. Precedence: command line > YAML > the demo preset (when
+the model is ``demo``) > the engine's defaults below > TRL's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the field and what is allowed."""
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArgs:
+    model: str = _f("demo", "Model to adapt: 'demo' (built and cached on first use), a local directory, or a hub id.")
+    lora: bool = _f(True, "Train a LoRA adapter (PEFT); the reference for the KL anchor is then the base model with the adapter disabled. False: full fine-tuning.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_target_modules: str = _f("all-linear", "Modules that get adapters: 'all-linear' or a comma-separated list of names.")
+    adapter: str | None = _f(None, "ttrl eval: a saved LoRA adapter (a run's adapter/ folder) to load on top of the model.")
+    dtype: str = _f("auto", "Weights dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+@dataclass
+class DataArgs:
+    data: str = _f("demo", "Test prompts: 'demo', a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
+    data_dir: str | None = _f(None, "Folder to look relative data paths up in.")
+    split: str = _f("test", "Split to load from a hub dataset.")
+    prompt_field: str | None = _f(None, "Field holding the question (default: prompt, problem, question, input, ...).")
+    label_field: str | None = _f(None, "Field holding the reference answer, evaluation only (default: answer, target, solution, ...).")
+    id_field: str | None = _f(None, "Field holding a unique id (default: id, unique_id, ... else the row index).")
+    limit: int | None = _f(None, "Use only the first N tasks.")
+    template: str | None = _f(None, "Prompt template with a {question} placeholder (default: the question plus TTRL's \\boxed{} instruction).")
+    chat: str = _f("auto", "Apply the tokenizer's chat template: auto (when it has one), on, off.", choices=["auto", "on", "off"])
+    system_prompt: str | None = _f(None, "System message for chat templates.")
+    max_prompt_tokens: int | None = _f(None, "Longest prompt allowed, in tokens.")
+    on_too_long: str = _f("error", "A prompt over max_prompt_tokens: error or skip (skipped ones are counted).", choices=["error", "skip"])
+
+
+@dataclass
+class TTRLArgs:
+    n_votes: int = _f(64, "Rollouts sampled per prompt; all of them vote for the pseudo-label (TTRL: 64).")
+    n_train: int = _f(32, "Rollouts per prompt the update trains on, chosen by the selector (TTRL: 32). Sets GRPOConfig.num_generations.")
+    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500).")
+    episodes: int = _f(1, "Passes over the test prompts (TTRL: 80 for AIME, 30 for AMC, 10 for MATH-500).")
+    reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function'.")
+    selector: str = _f("first_k", "Rollout selector: a name from filters.SELECTORS or 'module:function'.")
+    sampler: str = _f("hf", "Rollout backend.", choices=["hf"])
+    sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
+    progress: bool = _f(True, "Show progress bars.")
+
+
+@dataclass
+class EvalArgs:
+    eval_k: int = _f(16, "Samples per prompt for avg@k, maj@k and pass@k.")
+    eval_temperature: float | None = _f(None, "Sampling temperature for evaluation (default: the rollout temperature).")
+    eval_greedy: bool = _f(True, "Also report greedy accuracy.")
+    eval_every: int = _f(0, "Evaluate every N steps during training (0: only before and after).")
+    eval_max_tokens: int | None = _f(None, "Token budget for evaluation (default: max_completion_length).")
+
+
+ENGINE_DATACLASSES = (ModelArgs, DataArgs, TTRLArgs, EvalArgs)
+
+# Where the engine's defaults differ from TRL's, and why.
+ENGINE_GRPO_DEFAULTS: dict[str, Any] = {
+    "beta": 0.001,            # TTRL's KL coefficient; TRL's default 0.0 switches the anchor off
+    "learning_rate": 1e-5,    # a LoRA-scale rate (TTRL used 5e-7 for full fine-tuning of 7B models)
+    "lr_scheduler_type": "constant",
+    "logging_steps": 1,
+    "report_to": "none",
+    "save_strategy": "no",
+    "output_dir": None,       # filled with runs/<model>-<data>-<time> when left unset
+    "max_completion_length": 512,
+    "disable_dropout": True,
+}
+
+
+@dataclass
+class Config:
+    """Everything one run needs: the engine's dataclasses and TRL's ``GRPOConfig``."""
+
+    model: ModelArgs
+    data: DataArgs
+    ttrl: TTRLArgs
+    eval: EvalArgs
+    grpo: Any  # trl.GRPOConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in (self.model, self.data, self.ttrl, self.eval):
+            out.update(dataclasses.asdict(part))
+        out["grpo"] = {k: v for k, v in self.grpo.to_dict().items() if not k.startswith("_")}
+        return out
+
+
+def make_parser():
+    from transformers import HfArgumentParser
+    from trl import GRPOConfig
+
+    parser = HfArgumentParser((*ENGINE_DATACLASSES, GRPOConfig), prog="ttrl run", description=(
+        "Adapt a model to unlabeled test prompts by test-time RL (TTRL): sample, majority-vote, GRPO update."))
+    parser.set_defaults(**ENGINE_GRPO_DEFAULTS)
+    return parser
+
+
+def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
+    """A flat mapping of option names to values; unknown keys are an error naming them."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(data).__name__}")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {unknown}; see `ttrl run --help` for the options")
+    return data
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse ``[CONFIG.yaml] [--option value ...]`` into a validated ``Config``. Loads no model."""
+    from trl import GRPOConfig
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    known = {a.dest for a in parser._actions if a.dest != "help"}
+    file_values: dict[str, Any] = {}
+    if argv and not argv[0].startswith("-"):
+        file_values = load_yaml(argv.pop(0), known)
+    probe, _ = parser.parse_known_args(argv)
+    model_is_demo = (file_values.get("model", probe.model) == "demo")
+    defaults: dict[str, Any] = {}
+    if model_is_demo:
+        from engine.demo import DEMO_SETTINGS
+
+        defaults.update(DEMO_SETTINGS)
+    defaults.update(file_values)
+    parser.set_defaults(**defaults)
+    ns = parser.parse_args(argv)
+    _derive(ns)
+    parts = []
+    for dtype in (*ENGINE_DATACLASSES, GRPOConfig):
+        kwargs = {f.name: getattr(ns, f.name) for f in dataclasses.fields(dtype) if f.init and hasattr(ns, f.name)}
+        try:
+            parts.append(dtype(**kwargs))
+        except ValueError as err:
+            raise ConfigError(f"invalid value for the update (TRL GRPOConfig): {err}") from None
+    cfg = Config(*parts)
+    validate(cfg)
+    return cfg
+
+
+def _derive(ns) -> None:
+    """Fill the GRPOConfig fields the engine owns from the engine's own options."""
+    for name in ("n_votes", "n_train", "prompts_per_step", "episodes", "eval_k"):
+        if getattr(ns, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(ns, name)}")
+    if ns.n_train > ns.n_votes:
+        raise ConfigError(f"n_train ({ns.n_train}) must be <= n_votes ({ns.n_votes}): training rollouts are chosen from the voting ones")
+    rows = ns.n_train * ns.prompts_per_step
+    accum = ns.gradient_accumulation_steps
+    if rows % accum:
+        raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide n_train x prompts_per_step ({rows})")
+    ns.num_generations = ns.n_train
+    ns.per_device_train_batch_size = rows // accum
+    ns.steps_per_generation = accum
+    ns.generation_batch_size = None
+    if ns.output_dir is None:
+        import time
+
+        stem = Path(ns.model).name or "model"
+        ns.output_dir = str(Path("runs") / f"{stem}-{Path(ns.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if getattr(ns, "use_cpu", False) is False:
+        import torch
+
+        if not torch.cuda.is_available():
+            ns.use_cpu = True
+    if ns.use_cpu:
+        ns.bf16 = False
+        ns.fp16 = False
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than one field, or a registry; every message names the field."""
+    from engine.registry import SpecError, resolve
+    from filters import SELECTORS
+    from rewards import REWARDS
+
+    g = cfg.grpo
+    checks = [
+        ("temperature", g.temperature > 0, f"must be > 0, got {g.temperature}"),
+        ("top_p", 0 < g.top_p <= 1, f"must be in (0, 1], got {g.top_p}"),
+        ("beta", g.beta >= 0, f"must be >= 0, got {g.beta}"),
+        ("learning_rate", g.learning_rate > 0, f"must be > 0, got {g.learning_rate}"),
+        ("max_completion_length", g.max_completion_length >= 1, f"must be >= 1, got {g.max_completion_length}"),
+        ("lora_r", cfg.model.lora_r >= 1, f"must be >= 1, got {cfg.model.lora_r}"),
+        ("eval_every", cfg.eval.eval_every >= 0, f"must be >= 0, got {cfg.eval.eval_every}"),
+        ("sampler_batch_size", cfg.ttrl.sampler_batch_size >= 1, f"must be >= 1, got {cfg.ttrl.sampler_batch_size}"),
+    ]
+    for name, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{name} {why}")
+    if cfg.data.template is not None and "{question}" not in cfg.data.template:
+        raise ConfigError(f"template must contain the placeholder {{question}}; got {cfg.data.template!r}")
+    for name, spec, registry, kind in (("reward", cfg.ttrl.reward, REWARDS, "rewards"),
+                                       ("selector", cfg.ttrl.selector, SELECTORS, "selectors")):
+        try:
+            resolve(spec, registry, kind)
+        except SpecError as err:
+            raise ConfigError(f"{name}: {err}") from None

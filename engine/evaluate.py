@@ -1,0 +1,71 @@
+"""Accuracy of a policy on labeled tasks: greedy, avg@k, maj@k and pass@k, the numbers TTRL reports.
+
+- ``accuracy/greedy``: one argmax decode per task (TTRL's first-version "pass@1").
+- ``accuracy/avg@k``: mean correctness of k samples = sampled pass@1 (the current paper's avg@16).
+- ``accuracy/maj@k``: the majority answer of the k samples is correct — the quality of the very
+  pseudo-label TTRL trains on, which the adapted model's avg@k is claimed to beat (§4).
+- ``accuracy/pass@k``: the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021).
+Tasks without a label are skipped (and counted in ``eval/labeled``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from engine.types import RolloutGroup, SamplingParams, Task
+from rewards import extract_answer, is_correct, majority_vote
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct.
+
+    >>> pass_at_k(16, 0, 16), pass_at_k(16, 1, 16), round(pass_at_k(4, 1, 2), 4)
+    (0.0, 1.0, 0.5)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def grade(group: RolloutGroup, label: str) -> list[bool]:
+    """Correctness of each rollout against the true label (fills ``rollout.answer`` where unset)."""
+    out = []
+    for r in group.rollouts:
+        if r.answer is None:
+            r.answer = extract_answer(r.text)
+        out.append(is_correct(r.answer, label))
+    return out
+
+
+def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, greedy: bool = True) -> dict[str, float]:
+    """Sample, grade against ``task.label`` and average. ``params`` gives temperature and budget."""
+    labeled = [t for t in tasks if t.label is not None]
+    metrics: dict[str, float] = {"eval/labeled": float(len(labeled))}
+    if not labeled:
+        return metrics
+    start = time.perf_counter()
+    if greedy:
+        greedy_params = SamplingParams(n=1, max_new_tokens=params.max_new_tokens, greedy=True, stop=params.stop)
+        groups = sampler.generate(labeled, greedy_params, desc="eval greedy")
+        metrics["accuracy/greedy"] = _mean([grade(g, g.task.label)[0] for g in groups])
+    sample_params = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
+                                   max_new_tokens=params.max_new_tokens, stop=params.stop)
+    groups = sampler.generate(labeled, sample_params, desc=f"eval @{k}")
+    avg, maj, pas = [], [], []
+    for g in groups:
+        correct = grade(g, g.task.label)
+        avg.append(sum(correct) / len(correct))
+        majority_vote(g)  # sets g.label: the pseudo-label TTRL would train on
+        maj.append(is_correct(g.label, g.task.label))
+        pas.append(pass_at_k(len(correct), sum(correct), k))
+    metrics[f"accuracy/avg@{k}"] = _mean(avg)
+    metrics[f"accuracy/maj@{k}"] = _mean(maj)
+    metrics[f"accuracy/pass@{k}"] = _mean(pas)
+    metrics["eval/time_s"] = time.perf_counter() - start
+    return metrics
+
+
+def _mean(xs) -> float:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else float("nan")

@@ -1,0 +1,164 @@
+"""The policy update: TRL's GRPO, fed with rollouts the engine already sampled, scored and selected.
+
+Why this seam. TRL's ``GRPOTrainer`` owns the loss, the KL estimator against the reference (with
+PEFT the reference is the base model with the adapter disabled, so the anchor costs no second copy),
+the optimizer, scheduler, gradient accumulation and checkpointing — we reuse all of it and
+re-implement none. What it does not have is a hook between scoring and the loss (research notes:
+ANCHORS.md, "TRL"). Its experimental ``rollout_func`` is the narrowest door in: whatever it returns
+replaces TRL's own generation, and extra fields reach the reward functions. So one engine step is:
+
+  engine batch ──► rollout_func returns its prompt/completion ids and sampling log-probs
+              ──► TRL's reward call returns the engine's rewards (``_engine_reward``)
+              ──► TRL computes group advantages, reference log-probs, the loss, and backward
+              ──► we step TRL's optimizer and scheduler (the ``Trainer.train`` loop would own the
+                  outer loop; ``engine.loop`` must, so we drive ``training_step`` ourselves).
+
+Rows reach TRL in group order, ``n_train`` rows per group, which is what its ``num_generations``
+grouping of advantages assumes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.types import RolloutGroup
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental; we pin trl
+
+
+@dataclass
+class Batch:
+    """Selected rollouts of several groups, flattened in group order (``n_per_group`` rows each)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    logprobs: list[list[float]] | None
+    rewards: list[float]
+    n_per_group: int
+
+    @classmethod
+    def from_groups(cls, groups: list[RolloutGroup], selections: list[list[int]]) -> Batch:
+        sizes = {len(s) for s in selections}
+        if len(sizes) != 1:
+            raise ValueError(f"every group must contribute the same number of rollouts; got sizes {sorted(sizes)}")
+        prompt_ids, completion_ids, logprobs, rewards = [], [], [], []
+        have_logprobs = True
+        for group, picked in zip(groups, selections, strict=True):
+            for i in picked:
+                r = group.rollouts[i]
+                prompt_ids.append(list(group.task.prompt_ids))
+                completion_ids.append(list(r.token_ids))
+                rewards.append(float(r.reward if r.reward is not None else 0.0))
+                have_logprobs &= r.logprobs is not None
+                logprobs.append(list(r.logprobs) if r.logprobs is not None else [])
+        return cls(prompt_ids, completion_ids, logprobs if have_logprobs else None, rewards, sizes.pop())
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+def _engine_reward(prompts, completions, engine_reward, **_) -> list[float]:
+    """The reward TRL sees: the engine's own, computed before TRL was called (a majority vote needs
+    all N_vote rollouts of a group, TRL sees only the N_train selected ones)."""
+    return list(engine_reward)
+
+
+class GRPOPolicy:
+    """The model under adaptation plus the TRL trainer that updates it.
+
+    ``grpo_args`` is a complete ``trl.GRPOConfig``: every TRL knob (learning rate, ``beta`` = the KL
+    coefficient, ``loss_type``, ``scale_rewards``, ``max_grad_norm``, ``num_iterations``,
+    ``gradient_accumulation_steps`` …) is the user's to set. ``lora`` is a ``peft.LoraConfig`` or None
+    for full fine-tuning (then TRL loads a second copy of the model from ``model_path`` as reference).
+    """
+
+    def __init__(self, model_path: str, tokenizer, grpo_args, lora=None, total_steps: int = 1):
+        from datasets import Dataset
+        from trl import GRPOTrainer
+
+        self._pending: Batch | None = None
+        placeholder = Dataset.from_dict({"prompt": ["(rows come from the engine)"]})
+        self.trainer = GRPOTrainer(
+            model=model_path,
+            reward_funcs=[_engine_reward],
+            args=grpo_args,
+            train_dataset=placeholder,
+            processing_class=tokenizer,
+            peft_config=lora,
+            rollout_func=self._rollout_func,
+        )
+        self.args = grpo_args
+        self.trainer.create_optimizer_and_scheduler(num_training_steps=max(1, total_steps))
+        self.trainer.current_gradient_accumulation_steps = grpo_args.gradient_accumulation_steps
+        self.trainer.model.train()
+
+    @property
+    def model(self):
+        """The live policy module (PEFT-wrapped under LoRA): samplers generate from it directly."""
+        return self.trainer.model
+
+    def _rollout_func(self, prompts, trainer) -> dict:
+        batch = self._pending
+        assert batch is not None and len(prompts) == len(batch), "rollout_func called outside update()"
+        out = {
+            "prompt_ids": batch.prompt_ids,
+            "completion_ids": batch.completion_ids,
+            "logprobs": batch.logprobs,
+            "engine_reward": batch.rewards,
+        }
+        return out
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step (or ``num_iterations`` of them, GRPO's μ) on ``batch``; TRL's metrics back."""
+        args, trainer = self.args, self.trainer
+        rows_per_step = args.per_device_train_batch_size * args.steps_per_generation
+        if len(batch) != rows_per_step or batch.n_per_group != args.num_generations:
+            raise ValueError(
+                f"batch of {len(batch)} rows x {batch.n_per_group} per group does not match the trainer's "
+                f"{rows_per_step} rows x num_generations={args.num_generations}"
+            )
+        self._pending = batch
+        rows = [{"prompt": str(i)} for i in range(len(batch))]
+        losses = []
+        try:
+            micro_steps = args.steps_per_generation * args.num_iterations
+            for micro in range(micro_steps):
+                losses.append(trainer.training_step(trainer.model, rows, None).item())
+                if (micro + 1) % args.gradient_accumulation_steps == 0:
+                    self._optimizer_step()
+        finally:
+            self._pending = None
+        metrics = {f"train/{k}": sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
+        trainer._metrics["train"].clear()
+        metrics["train/loss"] = sum(losses) / len(losses)
+        metrics["train/lr"] = trainer.lr_scheduler.get_last_lr()[0]
+        return metrics
+
+    def _optimizer_step(self) -> None:
+        trainer = self.trainer
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), self.args.max_grad_norm)
+            trainer._metrics["train"]["grad_norm"].append(float(norm))
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1
+
+    def save(self, path: str | Path) -> None:
+        """The adapter (LoRA) or full weights, plus the tokenizer, loadable with ``from_pretrained``."""
+        self.trainer.save_model(str(path))
+
+
+def trainable_parameters(model) -> dict[str, torch.Tensor]:
+    """Copies of the parameters the update may change (the LoRA ones under PEFT)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def steps_for(episodes: int, n_tasks: int, prompts_per_step: int) -> int:
+    """Optimizer steps a run takes: each episode visits every task once, ``prompts_per_step`` per step."""
+    return episodes * math.ceil(n_tasks / prompts_per_step)

@@ -1,0 +1,58 @@
+"""Small factories for tests: a real tiny Llama built from a config on disk, tasks, groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.types import Rollout, RolloutGroup, Task
+
+CHARS = list("0123456789+-*=?:. abcdefghijklmnopqrstuvwxyz\\{}()\n")
+
+
+def make_tokenizer():
+    """A character-level tokenizer with BOS/EOS/PAD, no chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<s>", "</s>", "<unk>", *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def make_model_dir(path: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny Llama and its tokenizer under ``path``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_task(i: int, question: str = "1+1", label: str | None = "2", tokenizer=None) -> Task:
+    ids = tuple(tokenizer(question)["input_ids"]) if tokenizer is not None else (1, 5, 6)
+    return Task(id=str(i), question=question, label=label, prompt=question, prompt_ids=ids)
+
+
+def make_group(answers: list[str | None], task: Task | None = None) -> RolloutGroup:
+    """A group whose rollouts answer ``answers`` (None = a rollout with no number in it)."""
+    rollouts = [
+        Rollout(text=f"so \\boxed{{{a}}}" if a is not None else "no idea", token_ids=[5, 6, 2], logprobs=[-1.0] * 3,
+                finish_reason="stop")
+        for a in answers
+    ]
+    return RolloutGroup(task=task or make_task(0), rollouts=rollouts)
