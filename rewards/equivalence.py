@@ -1,0 +1,287 @@
+"""Decide when two answer strings mean the same thing, and group a vote's answers into classes.
+
+A majority vote (TTRL, arXiv 2504.16084, §3) is only as good as its notion of "the same answer":
+``0.5``, ``\\frac{1}{2}`` and ``1/2`` must count as one vote. Three tiers, cheapest first:
+
+1. ``normalize_answer``: a canonical string (MATH's ``strip_string`` conventions: no ``$``, no
+   ``\\left``, ``\\dfrac`` -> ``\\frac``, no degrees/percent/trailing units, ``14.0`` -> ``14``, ...).
+2. Exact numbers: ints, decimals and simple fractions compared as values (relative tolerance 1e-6).
+3. math-verify (HuggingFace, ``parse`` + ``verify``, symbolic via sympy) for everything else.
+
+math-verify can hang on pathological input (huge powers, deep nesting), so tier 3 runs under our own
+``setitimer`` deadline. Signals only work in the main thread, so off the main thread (or when
+someone else's timer is already pending) tier 3 is skipped and only tiers 1-2 decide.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+import signal
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from decimal import Decimal
+from fractions import Fraction
+
+MATH_VERIFY_TIMEOUT_S = 1.0   # per parse and per verify; a timeout counts as "not equivalent"
+MATH_VERIFY_MAX_LEN = 300     # longer normalized answers are compared as strings only
+# A string that has timed out this often is pathological: later pairs with it skip math-verify, so
+# a group of N such answers costs O(N) timeouts, not O(N^2). (Two, not one, so that an innocent
+# partner of a single pathological answer is not blacklisted.)
+_TIMEOUTS_TO_SKIP = 2
+_timeouts: Counter[str] = Counter()
+
+_SUBS = [  # (pattern, replacement), applied in order
+    (re.compile(r"\\(?:left|right)(?![a-zA-Z])"), ""),
+    (re.compile(r"(\\\\)|\\[!,;: ]|\\q?quad(?![a-zA-Z])"), lambda m: m.group(1) or " "),
+    (re.compile(r"\\[dt]frac(?![a-zA-Z])"), r"\\frac"),
+    (re.compile(r"\^\s*(?:\{\s*)?\\circ(?:\s*\})?|°|\\degree(?![a-zA-Z])"), ""),
+    (re.compile(r"\\?%"), ""),
+    (re.compile(r"\\\$|\$"), ""),
+]
+_TEXT = r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}"
+_UNIT_TAIL = re.compile(_TEXT + r"(?:\s*\^\s*\{?\d\}?)?\s*$")  # anchored on "\\": linear
+_TEXT_WRAP = re.compile(_TEXT)
+_MATH_DELIMS = re.compile(r"^\\[(\[](.*)\\[)\]]$", re.DOTALL)
+_ASSIGN = re.compile(r"^[a-zA-Z]\s*(?:=|\\in(?![a-zA-Z]))\s*(?=\S)")
+# Drop spaces, but keep one after a command followed by a letter (``\pi r`` is not ``\pir``).
+_SPACE = re.compile(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+")
+_FRAC_DIGITS = [
+    (re.compile(r"\\frac(\d)(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\frac(\d)\{"), r"\\frac{\1}{"),
+    (re.compile(r"\\frac\{([^{}]*)\}(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\sqrt(\d)"), r"\\sqrt{\1}"),
+]
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")  # no nested \d* after \d+: linear
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d{1,2}")  # 6.72e-05 (Python's str)
+_FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?\d+)/(-?\d+))")
+_BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")  # 52_8: a numeral in base 8
+_CHOICE = re.compile(r"\(?([A-Ja-j])[).:]?")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def _canonical_number(s: str) -> str | None:
+    """``14.0`` -> ``14``, ``025`` -> ``25``, ``.50`` -> ``0.5``; None if ``s`` is not a decimal."""
+    if _SCIENTIFIC.fullmatch(s):
+        s = format(Decimal(s), "f")
+    if not _DECIMAL.fullmatch(s):
+        return None
+    neg = s.startswith("-")
+    s = s.lstrip("+-")
+    whole, _, frac = s.partition(".")
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    out = whole + ("." + frac if frac else "")
+    return "-" + out if neg and out != "0" else out
+
+
+def normalize_answer(ans: str) -> str:
+    """A canonical spelling of an answer, so equal answers usually compare equal as strings.
+
+    >>> [normalize_answer(a) for a in [r"$\\dfrac{1}{2}$", "14.0", "025", r"90^\\circ", r"50\\%", "6.7e-05"]]
+    ['\\\\frac{1}{2}', '14', '25', '90', '50', '0.000067']
+    >>> [normalize_answer(a) for a in ["x = 5", "1,000", r"5 \\text{ cm}", "(b)", r"\\left( 3, \\pi \\right)"]]
+    ['5', '1000', '5', 'B', '(3,\\\\pi)']
+    """
+    s = str(ans).strip()
+    m = _MATH_DELIMS.match(s)
+    if m:
+        s = m.group(1)
+    for pattern, repl in _SUBS:
+        s = pattern.sub(repl, s)
+    s = s.strip()
+    unit = _UNIT_TAIL.search(s)
+    if unit and s[: unit.start()].strip():  # a trailing unit, not a whole-text answer like \text{east}
+        s = s[: unit.start()]
+    s = _TEXT_WRAP.sub(r"\1", s).strip().rstrip(".").strip()
+    assign = _ASSIGN.match(s)
+    if assign and "=" not in s[assign.end() :]:  # "x = 1, y = 2" is a system: keep its names
+        s = s[assign.end() :]
+    s = _SPACE.sub(lambda m: m.group(1) + " " if m.group(1) else "", s)
+    for pattern, repl in _FRAC_DIGITS:
+        s = pattern.sub(repl, s)
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    number = _canonical_number(s)
+    if number is not None:
+        return number
+    base = _BASE.fullmatch(s)
+    if base:
+        return f"{base.group(1)}_{base.group(2)}"
+    choice = _CHOICE.fullmatch(s)
+    if choice:
+        return choice.group(1).upper()
+    return s
+
+
+def _as_number(s: str) -> Fraction | float | None:
+    """The value of a normalized plain number or simple fraction, else None."""
+    if len(s) > 64:  # int() refuses >4300 digits; no real answer is that long a number
+        return None
+    if _DECIMAL.fullmatch(s):
+        return Fraction(s)
+    m = _FRACTION.fullmatch(s)
+    if m:
+        num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(4), m.group(5))
+        if int(den) != 0:
+            return Fraction(int(num), int(den)) * (-1 if m.group(1) else 1)
+    return None
+
+
+class _Deadline(BaseException):
+    """Raised by our SIGALRM handler; a BaseException so math-verify's ``except Exception`` lets it out."""
+
+
+def _on_alarm(signum, frame):
+    raise _Deadline
+
+
+@contextmanager
+def _deadline(seconds: float):
+    """Interrupt the body after ``seconds`` (main thread only) and restore the previous handler."""
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        while True:  # the alarm may fire between the body's end and this line: retry until disarmed
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                break
+            except _Deadline:
+                continue
+        signal.signal(signal.SIGALRM, old)
+
+
+def _can_use_signals() -> bool:
+    """True in the main thread when no other ITIMER_REAL/alarm is pending (we must not eat it)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
+
+
+class _DropTimeoutWarning(logging.Filter):
+    """math-verify warns once that its own timeout is off; ours (``_deadline``) replaces it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify():
+    from math_verify import grader, parse, parser, verify
+
+    for module in (grader, parser):
+        logging.getLogger(module.__name__).addFilter(_DropTimeoutWarning())
+    return parse, verify
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse(s: str):
+    """math-verify's parse of a normalized answer, or None if it failed or ran out of time."""
+    parse, _ = _math_verify()
+    try:
+        with _deadline(MATH_VERIFY_TIMEOUT_S):
+            return parse("$" + s + "$", parsing_timeout=None) or None
+    except _Deadline:
+        _timeouts[s] += _TIMEOUTS_TO_SKIP
+        return None
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _verify_sorted(a: str, b: str) -> bool:
+    pa, pb = _parse(a), _parse(b)
+    if pa is None or pb is None:
+        return False
+    _, verify = _math_verify()
+    try:
+        with _deadline(MATH_VERIFY_TIMEOUT_S):
+            # verify is asymmetric (gold, target); an answer pair is equivalent if either way holds.
+            return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
+    except _Deadline:
+        _timeouts.update((a, b))
+        return False
+    except Exception:
+        return False
+
+
+def _equivalent_normalized(a: str, b: str) -> bool:
+    """``answers_equivalent`` on already-normalized strings; never raises."""
+    try:
+        return _tiers(a, b)
+    except Exception:  # a grader must not take the run down; math-verify failures are caught deeper
+        return False
+
+
+def _tiers(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    x, y = _as_number(a), _as_number(b)
+    if x is not None and y is not None:
+        return x == y or math.isclose(float(x), float(y), rel_tol=1e-6)
+    # Strings only: anagram words (``east``/``seat``) parse to equal symbol products in math-verify,
+    # and it drops a base subscript (``52_8`` == ``52``, though 52_8 is 42).
+    if any(_WORD.fullmatch(s) or _BASE.fullmatch(s) for s in (a, b)) or max(len(a), len(b)) > MATH_VERIFY_MAX_LEN:
+        return False
+    if not _can_use_signals() or max(_timeouts[a], _timeouts[b]) >= _TIMEOUTS_TO_SKIP:
+        return False
+    return _verify_sorted(*sorted((a, b)))
+
+
+def answers_equivalent(a: str, b: str) -> bool:
+    """True if ``a`` and ``b`` are the same answer (normalized, numeric, or symbolic via math-verify).
+
+    Never raises and never hangs: math-verify errors and timeouts count as "not equivalent".
+
+    >>> answers_equivalent(r"\\frac12", "0.5"), answers_equivalent("(B)", "b")
+    (True, True)
+    >>> answers_equivalent(r"\\{1, 2\\}", r"\\{2,1\\}"), answers_equivalent("3", "4")
+    (True, False)
+    """
+    return _equivalent_normalized(normalize_answer(a), normalize_answer(b))
+
+
+def cluster_answers(answers: list[str | None]) -> list[int | None]:
+    """An equivalence-class id per answer (None stays None).
+
+    Distinct normalized strings are visited in sorted order and each joins the first class whose
+    representative (its founder, hence its smallest member) it is equivalent to, so the partition
+    and the ids depend only on the *set* of answers, never on their order: class 0 holds the
+    smallest string. Identical normalized strings share a class without any comparison.
+
+    >>> cluster_answers(["0.5", "7", None, r"\\frac{1}{2}", "1/2"])
+    [0, 1, None, 0, 0]
+    """
+    return cluster_with_representatives(answers)[0]
+
+
+def cluster_with_representatives(answers: list[str | None]) -> tuple[list[int | None], list[str]]:
+    """``cluster_answers`` plus each class's representative: its smallest normalized member.
+
+    >>> cluster_with_representatives(["7", "07.0", None])
+    ([0, 0, None], ['7'])
+    """
+    norms = [normalize_answer(a) if a is not None else None for a in answers]
+    reps: list[str] = []
+    cid: dict[str, int] = {}
+    for n in sorted({n for n in norms if n is not None}):
+        cid[n] = next((i for i, r in enumerate(reps) if _equivalent_normalized(n, r)), len(reps))
+        if cid[n] == len(reps):
+            reps.append(n)
+    return [cid[n] if n is not None else None for n in norms], reps
+
+
+def is_correct(answer: str | None, label: str | None) -> bool:
+    """Evaluation grading: is ``answer`` equivalent to the reference ``label``? None is wrong.
+
+    >>> is_correct("14", "14.0"), is_correct(None, "3"), is_correct("3", None)
+    (True, False, False)
+    """
+    if answer is None or label is None:
+        return False
+    return answers_equivalent(answer, label)

@@ -1,0 +1,65 @@
+"""The ``ttrl`` command as a user runs it: a subprocess on a tiny config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+
+def ttrl(*args, cwd=None, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def test_ttrl_run_on_a_tiny_config(tiny_model, tiny_data, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "data": str(tiny_data), "template": "{question}", "n_votes": 4, "n_train": 2,
+        "prompts_per_step": 2, "max_completion_length": 6, "eval_k": 2, "progress": False,
+        "output_dir": str(tmp_path / "run"),
+    }))
+    result = ttrl("run", str(config), "--learning_rate", "0.01")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| greedy |" in result.stdout and "| maj@2 |" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["grpo"]["learning_rate"] == 0.01
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["n_votes"] == 4
+
+    # `ttrl eval` scores the saved adapter without training, and writes eval.json.
+    result = ttrl("eval", "--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
+                  "--adapter", str(tmp_path / "run" / "adapter"), "--eval_k", "2", "--max_completion_length", "6",
+                  "--progress", "false", "--output_dir", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert scores["adapter"].endswith("adapter") and 0.0 <= scores["accuracy/avg@2"] <= 1.0
+
+
+def test_help_lists_options_with_defaults():
+    result = ttrl("run", "--help")
+    assert result.returncode == 0
+    for option in ("--n_votes", "--n_train", "--beta", "--learning_rate", "--loss_type", "--eval_k"):
+        assert option in result.stdout
+    assert "(default: 64)" in result.stdout  # n_votes
+
+
+def test_bad_value_fails_before_loading_a_model(tmp_path):
+    result = ttrl("run", "--model", str(tmp_path / "no-such-model"), "--data", "x.jsonl", "--n_votes", "0")
+    assert result.returncode == 2
+    assert "n_votes must be >= 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_file_is_one_clear_line(tiny_model, tmp_path):
+    result = ttrl("run", "--model", str(tiny_model), "--data", str(tmp_path / "missing.jsonl"),
+                  "--output_dir", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "missing.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_command_lists_valid_ones():
+    result = ttrl("train")
+    assert result.returncode == 2 and "valid commands: run, eval" in result.stderr
