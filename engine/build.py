@@ -21,7 +21,7 @@ def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
     if model == "demo" or data == "demo":
         from engine.demo import DEMO_TEMPLATE, build_demo
 
-        demo_model, demo_tasks = build_demo()
+        demo_model, demo_tasks = build_demo(log=print)
         if model == "demo":
             model = str(demo_model)
         if data == "demo":

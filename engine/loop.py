@@ -18,6 +18,8 @@ import random
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from engine.config import Config
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve
@@ -31,7 +33,7 @@ class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; names the reward, task and value."""
 
 
-def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=print) -> dict:
+def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=tqdm.write) -> dict:
     """Adapt ``policy`` to ``tasks``; write metrics, summary, report and adapter under ``out_dir``."""
     g, t = cfg.grpo, cfg.ttrl
     reward_fn = resolve(t.reward, REWARDS, "rewards")
@@ -59,6 +61,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=p
     before = run_eval("before")
     history = [{"step": 0, **before}]
     step = 0
+    steps_per_episode = math.ceil(len(tasks) / t.prompts_per_step)
+    bar = tqdm(total=t.episodes * steps_per_episode, desc="TTRL steps", disable=not t.progress)
     try:
         for episode in range(t.episodes):
             for batch_tasks in episode_batches(train_tasks, t.prompts_per_step, rng):
@@ -97,10 +101,12 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=p
                 history.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
+                bar.update(1)
                 log(f"step {step}: reward={row['reward/mean']:.3f} majority_ratio={row['vote/majority_ratio']:.3f}"
                     + (f" label_acc={row['label_accuracy']:.3f}" if "label_accuracy" in row else "")
                     + f" kl={row.get('train/kl', float('nan')):.4f} loss={row['train/loss']:.4f}")
     finally:
+        bar.close()
         metrics_file.close()
 
     after = run_eval("after")

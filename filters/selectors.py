@@ -13,8 +13,9 @@ from engine.types import RolloutGroup
 def first_k(group: RolloutGroup, k: int) -> list[int]:
     """The first ``k`` rollouts (TTRL's default).
 
-    >>> from tests.factories import make_group
-    >>> first_k(make_group(["1", "2", "2"]), 2)
+    >>> from engine.types import Rollout, RolloutGroup, Task
+    >>> group = RolloutGroup(Task("0", "1+1"), [Rollout(t, [], None, "stop") for t in "122"])
+    >>> first_k(group, 2)
     [0, 1]
     """
     if k > len(group.rollouts):
