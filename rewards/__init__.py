@@ -15,9 +15,20 @@ from rewards.vote import majority_vote
 
 REWARDS: dict[str, Callable] = {"majority_vote": majority_vote}
 
+
+def build_reward(spec, *, answer_type: str = "math") -> Callable:
+    """The group reward ``(group) -> list[float]`` a run uses, from its ``reward`` spec.
+
+    ``answer_type`` says how answers are extracted and compared (the suite's or the config's).
+    """
+    from engine.registry import resolve
+
+    return resolve(spec, REWARDS, "rewards")
+
 __all__ = [
     "REWARDS",
     "answers_equivalent",
+    "build_reward",
     "cluster_answers",
     "extract_answer",
     "extract_reference",
