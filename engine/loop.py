@@ -25,7 +25,8 @@ from engine.evaluate import evaluate, grade
 from engine.registry import resolve
 from engine.types import RolloutGroup, SamplingParams, Task
 from engine.update import Batch
-from filters import SELECTORS
+from filters import FILTERS, SELECTORS
+from filters.stage import apply_filters, build_filters
 from rewards import build_reward
 
 
@@ -58,52 +59,90 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
         log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith("accuracy/")))
         return result
 
+    filter_stages = build_filters(t.filters, FILTERS)
+    skippers = [stage.fn for stage in filter_stages if hasattr(stage.fn, "skip")]  # GRESO: before sampling
+    stream = PromptStream(train_tasks, t.episodes, rng)
+
     before = run_eval("before")
-    history = [{"step": 0, **before}]
+    history = [{"step": 0, **before, **cumulative(compute)}]
     step = 0
-    steps_per_episode = math.ceil(len(tasks) / t.prompts_per_step)
-    bar = tqdm(total=t.episodes * steps_per_episode, desc="TTRL steps", disable=not t.progress)
+    bar = tqdm(total=len(tasks) * t.episodes, desc="TTRL prompts", unit="prompt", disable=not t.progress)
     try:
-        for episode in range(t.episodes):
-            for batch_tasks in episode_batches(train_tasks, t.prompts_per_step, rng):
-                step += 1
-                row: dict[str, float] = {"step": step, "episode": episode}
+        while not stream.exhausted:
+            row: dict[str, float] = {"step": step + 1}
+            sampled: list[RolloutGroup] = []
+            kept: list[RolloutGroup] = []
+            counts: dict[str, float] = {"prompts/skipped": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
+                                        "tokens/generated": 0, "sampling/rounds": 0}
 
-                # 1. Sample n_votes rollouts per prompt.
+            # 1-2. Sample n_votes rollouts per prompt, score them (majority vote), filter the groups.
+            #      Dropped groups are replaced by fresh prompts (DAPO dynamic sampling), up to
+            #      max_refill_rounds extra rounds, so they cost sampling but never a backward pass.
+            for _ in range(1 + t.max_refill_rounds):
+                batch_tasks, skipped = stream.take(
+                    t.prompts_per_step - len(kept), skip=lambda task: any(s.skip(task.id, rng) for s in skippers))
+                counts["prompts/skipped"] += skipped
+                bar.update(len(batch_tasks) + skipped)
+                if not batch_tasks:
+                    break
                 start = time.perf_counter()
-                groups = sampler.generate(batch_tasks, rollout_params, desc=f"step {step} sample")
-                row["time/generate_s"] = time.perf_counter() - start
-                row["tokens/generated"] = sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
-
-                # 2. Reward: the majority vote's pseudo-label (or the user's reward).
+                groups = sampler.generate(batch_tasks, rollout_params, desc=f"step {step + 1} sample")
+                counts["time/generate_s"] += time.perf_counter() - start
+                counts["tokens/generated"] += sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
                 start = time.perf_counter()
                 for grp in groups:
                     apply_reward(reward_fn, t.reward, grp)
-                row["time/reward_s"] = time.perf_counter() - start
-                row.update(telemetry(groups, labels))
-
+                counts["time/reward_s"] += time.perf_counter() - start
+                counts["sampling/rounds"] += 1
+                sampled += groups
+                survivors, filter_counts = apply_filters(filter_stages, groups)
+                kept += survivors
+                for key, value in filter_counts.items():
+                    counts[key] = counts.get(key, 0) + value
+                if len(kept) >= t.prompts_per_step:
+                    break
+            row.update(counts)
+            if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
+                row.update(telemetry(sampled, labels))
+            for skipper in skippers:
+                row.update(skipper.end_step())
+            # TRL splits a batch into gradient_accumulation_steps equal parts: train on a multiple.
+            kept = kept[: len(kept) - len(kept) % g.gradient_accumulation_steps]
+            row.update({"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
+                        "groups/trained": len(kept)})
+            if not kept:
+                row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
+                if sampled:
+                    log(f"step {step + 1}: every group was filtered out ({len(sampled)} sampled); no update")
+            else:
+                step += 1
                 # 3. Select the n_train rollouts of each group to train on.
-                selections = select_rollouts(select, groups, t.n_train, policy)
-                batch = Batch.from_groups(groups, selections)
+                selections = select_rollouts(select, kept, t.n_train, policy)
+                batch = Batch.from_groups(kept, selections)
                 row["tokens/trained"] = sum(len(ids) for ids in batch.completion_ids)
+                for key, value in getattr(select, "last_metrics", {}).items():
+                    row[key] = value
 
-                # 4. GRPO update (TRL), KL-anchored to the base model. The sampler reads the same
-                #    module, so the next batch is sampled from the updated weights.
+                # 4. GRPO update (TRL), KL-anchored to the base model. The sampler then holds the
+                #    updated weights, so the next batch is sampled from the adapted policy.
                 start = time.perf_counter()
                 row.update(policy.update(batch))
                 sampler.load_weights(policy.model)
                 row["time/update_s"] = time.perf_counter() - start
-
-                if cfg.eval.eval_every and step % cfg.eval.eval_every == 0:
-                    row.update(run_eval(f"step {step}"))
-                for key in ("tokens/generated", "tokens/trained", "time/generate_s", "time/reward_s", "time/update_s"):
-                    compute[key] += row[key]
-                history.append(row)
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                bar.update(1)
+                row["update/skipped"] = 0
+            row["episode"] = stream.episode - 1
+            for key in ("tokens/generated", "tokens/trained", "time/generate_s", "time/reward_s", "time/update_s"):
+                compute[key] += row[key]
+            row.update(cumulative(compute))
+            if kept and cfg.eval.eval_every and step % cfg.eval.eval_every == 0:
+                row.update(run_eval(f"step {step}"))
+            history.append(row)
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            if kept:
                 log(f"step {step}: reward={row['reward/mean']:.3f} majority_ratio={row['vote/majority_ratio']:.3f}"
                     + (f" label_acc={row['label_accuracy']:.3f}" if "label_accuracy" in row else "")
+                    + f" trained {len(kept)}/{len(sampled)} groups"
                     + f" kl={row.get('train/kl', float('nan')):.4f} loss={row['train/loss']:.4f}")
     finally:
         bar.close()
@@ -122,20 +161,46 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     return summary
 
 
-def episode_batches(tasks: list[Task], size: int, rng: random.Random):
-    """One episode: every task once, in a fresh random order, ``size`` per step.
+class PromptStream:
+    """Test prompts in visiting order: each episode is a fresh shuffle of every task.
 
-    A short last batch is topped up with the episode's first tasks, because the update's batch shape
-    is fixed (TRL groups advantages by ``num_generations`` rows).
+    ``take(n)`` hands out the next ``n`` prompts, crossing into the next episode when one runs out
+    (so a refill round never stalls at an episode boundary); ``skip`` lets GRESO pass a prompt by.
     """
-    order = tasks[:]
-    rng.shuffle(order)
-    for start in range(0, len(order), size):
-        batch = order[start : start + size]
-        if len(batch) < size:
-            batch += order[: size - len(batch)] * math.ceil(size / max(1, len(order)))
-            batch = batch[:size]
-        yield batch
+
+    def __init__(self, tasks: list[Task], episodes: int, rng: random.Random):
+        self.tasks, self.episodes, self.rng = tasks, episodes, rng
+        self.episode = 0          # episodes started so far
+        self._order: list[Task] = []
+        self._pos = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.episode >= self.episodes and self._pos >= len(self._order)
+
+    def take(self, n: int, skip=None) -> tuple[list[Task], int]:
+        out: list[Task] = []
+        skipped = 0
+        while len(out) < n:
+            if self._pos >= len(self._order):
+                if self.episode >= self.episodes:
+                    break
+                self._order = self.tasks[:]
+                self.rng.shuffle(self._order)
+                self._pos = 0
+                self.episode += 1
+            task = self._order[self._pos]
+            self._pos += 1
+            if skip is not None and skip(task):
+                skipped += 1
+            else:
+                out.append(task)
+        return out, skipped
+
+
+def cumulative(compute: dict[str, float]) -> dict[str, float]:
+    """Compute spent so far, on every metrics row: what accuracy-versus-compute curves are drawn from."""
+    return {f"compute/{k}": v for k, v in compute.items() if k != "time/eval_s"}
 
 
 def select_rollouts(select, groups: list[RolloutGroup], k: int, policy) -> list[list[int]]:

@@ -116,11 +116,13 @@ class GRPOPolicy:
     def update(self, batch: Batch) -> dict[str, float]:
         """One optimizer step (or ``num_iterations`` of them, GRPO's μ) on ``batch``; TRL's metrics back."""
         args, trainer = self.args, self.trainer
-        rows_per_step = args.per_device_train_batch_size * args.steps_per_generation
-        if len(batch) != rows_per_step or batch.n_per_group != args.num_generations:
+        # Fewer groups than configured is fine (filters may leave a short batch at the end of a run);
+        # TRL needs whole groups split evenly over the gradient-accumulation steps.
+        unit = args.num_generations * args.steps_per_generation
+        if len(batch) % unit or batch.n_per_group != args.num_generations:
             raise ValueError(
-                f"batch of {len(batch)} rows x {batch.n_per_group} per group does not match the trainer's "
-                f"{rows_per_step} rows x num_generations={args.num_generations}"
+                f"batch of {len(batch)} rows x {batch.n_per_group} per group does not fit the trainer: "
+                f"rows must be a multiple of num_generations x steps_per_generation = {unit}"
             )
         self._pending = batch
         rows = [{"prompt": str(i)} for i in range(len(batch))]

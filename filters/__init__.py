@@ -4,9 +4,17 @@
 selectors ``(group, k) -> list[int]``. This package never imports vllm, trl or ray.
 """
 
-from filters.selectors import first_k
+from filters.degenerate import consensus, truncation, zero_variance
+from filters.history import HistorySkip
+from filters.influence import InfluenceSelector
+from filters.selectors import first_k, max_variance
 
-FILTERS: dict = {}
-SELECTORS = {"first_k": first_k}
+FILTERS: dict = {
+    "zero_variance": zero_variance,
+    "consensus": consensus,
+    "truncation": truncation,
+    "history_skip": HistorySkip,
+}
+SELECTORS = {"first_k": first_k, "max_variance": max_variance, "influence": InfluenceSelector}
 
-__all__ = ["FILTERS", "SELECTORS", "first_k"]
+__all__ = ["FILTERS", "SELECTORS", "InfluenceSelector", "first_k", "max_variance"]

@@ -11,7 +11,7 @@ import plugins
 from factories import make_group, make_task
 from engine.config import ConfigError, parse_config
 from engine.evaluate import pass_at_k
-from engine.loop import RewardError, apply_reward, episode_batches, telemetry
+from engine.loop import PromptStream, RewardError, apply_reward, telemetry
 from engine.registry import SpecError, resolve
 from engine.update import Batch, trainable_parameters
 from filters import SELECTORS
@@ -114,11 +114,19 @@ def test_full_finetuning_changes_base_weights(tiny_model, tiny_data, tmp_path):
 # ---- pure logic -------------------------------------------------------------------------------
 
 
-def test_episode_batches_visit_every_task_and_top_up_the_last_batch():
+def test_prompt_stream_visits_every_task_each_episode_across_batch_boundaries():
     tasks = [make_task(i) for i in range(5)]
-    batches = list(episode_batches(tasks, 2, random.Random(0)))
-    assert [len(b) for b in batches] == [2, 2, 2]
-    assert {t.id for b in batches for t in b} == {str(i) for i in range(5)}
+    stream = PromptStream(tasks, 2, random.Random(0))
+    batches = [stream.take(4)[0] for _ in range(3)]
+    assert [len(b) for b in batches] == [4, 4, 2] and stream.exhausted
+    ids = [t.id for b in batches for t in b]
+    assert set(ids[:5]) == set(ids[5:]) == {str(i) for i in range(5)}  # each episode visits all
+
+
+def test_prompt_stream_skips_count_as_visits():
+    stream = PromptStream([make_task(i) for i in range(4)], 1, random.Random(0))
+    taken, skipped = stream.take(4, skip=lambda task: task.id in {"1", "2"})
+    assert sorted(t.id for t in taken) == ["0", "3"] and skipped == 2 and stream.exhausted
 
 
 def test_batch_from_groups_flattens_in_group_order():
