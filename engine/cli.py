@@ -110,7 +110,8 @@ def cmd_eval(argv: list[str]) -> int:
     g = cfg.grpo
     params = SamplingParams(n=cfg.eval.eval_k, temperature=cfg.eval.eval_temperature or g.temperature, top_p=g.top_p,
                             max_new_tokens=cfg.eval.eval_max_tokens or g.max_completion_length)
-    result = evaluate(sampler, tasks, k=cfg.eval.eval_k, params=params, greedy=cfg.eval.eval_greedy)
+    result = evaluate(sampler, tasks, k=cfg.eval.eval_k, params=params, greedy=cfg.eval.eval_greedy,
+                      answer_type=cfg.ttrl.answer_type)
     out_dir = Path(g.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps({"model": cfg.model.model, "adapter": cfg.model.adapter,

@@ -150,7 +150,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     known = {a.dest for a in parser._actions if a.dest != "help"}
     file_values: dict[str, Any] = {}
     if argv and not argv[0].startswith("-"):
-        file_values = load_yaml(argv.pop(0), known)
+        file_values = load_yaml(argv[0], known)
+        sys.path.insert(0, str(Path(argv.pop(0)).resolve().parent))  # 'module:function' specs next to the config
     probe, _ = parser.parse_known_args(argv)
     model_is_demo = (file_values.get("model", probe.model) == "demo")
     defaults: dict[str, Any] = {}

@@ -28,17 +28,22 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def grade(group: RolloutGroup, label: str) -> list[bool]:
-    """Correctness of each rollout against the true label (fills ``rollout.answer`` where unset)."""
+def grade(group: RolloutGroup, label: str, answer_type: str = "math") -> list[bool]:
+    """Correctness of each rollout against the true label (fills ``rollout.answer`` where unset).
+
+    ``answer_type`` (math, number, choice or 'module:function'; see ``rewards.answer_types``) decides
+    extraction and comparison; ``choice`` reads the options from the task's question.
+    """
     out = []
     for r in group.rollouts:
         if r.answer is None:
-            r.answer = extract_answer(r.text)
-        out.append(is_correct(r.answer, label))
+            r.answer = extract_answer(r.text, answer_type, question=group.task.question)
+        out.append(is_correct(r.answer, label, answer_type))
     return out
 
 
-def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, greedy: bool = True) -> dict[str, float]:
+def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, greedy: bool = True,
+             answer_type: str = "math") -> dict[str, float]:
     """Sample, grade against ``task.label`` and average. ``params`` gives temperature and budget."""
     labeled = [t for t in tasks if t.label is not None]
     metrics: dict[str, float] = {"eval/labeled": float(len(labeled))}
@@ -48,16 +53,16 @@ def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, gree
     if greedy:
         greedy_params = SamplingParams(n=1, max_new_tokens=params.max_new_tokens, greedy=True, stop=params.stop)
         groups = sampler.generate(labeled, greedy_params, desc="eval greedy")
-        metrics["accuracy/greedy"] = _mean([grade(g, g.task.label)[0] for g in groups])
+        metrics["accuracy/greedy"] = _mean([grade(g, g.task.label, answer_type)[0] for g in groups])
     sample_params = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                                    max_new_tokens=params.max_new_tokens, stop=params.stop)
     groups = sampler.generate(labeled, sample_params, desc=f"eval @{k}")
     avg, maj, pas = [], [], []
     for g in groups:
-        correct = grade(g, g.task.label)
+        correct = grade(g, g.task.label, answer_type)
         avg.append(sum(correct) / len(correct))
-        majority_vote(g)  # sets g.label: the pseudo-label TTRL would train on
-        maj.append(is_correct(g.label, g.task.label))
+        majority_vote(g, answer_type=answer_type)  # sets g.label: the pseudo-label TTRL would train on
+        maj.append(is_correct(g.label, g.task.label, answer_type))
         pas.append(pass_at_k(len(correct), sum(correct), k))
     metrics[f"accuracy/avg@{k}"] = _mean(avg)
     metrics[f"accuracy/maj@{k}"] = _mean(maj)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from engine.config import Config
 from engine.evaluate import evaluate, grade
-from engine.registry import resolve
+from engine.registry import resolve, spec_name
 from engine.types import RolloutGroup, SamplingParams, Task
 from engine.update import Batch
 from filters import FILTERS, SELECTORS
@@ -54,7 +54,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
 
     def run_eval(tag: str) -> dict[str, float]:
         start = time.perf_counter()
-        result = evaluate(sampler, tasks, k=cfg.eval.eval_k, params=eval_params, greedy=cfg.eval.eval_greedy)
+        result = evaluate(sampler, tasks, k=cfg.eval.eval_k, params=eval_params, greedy=cfg.eval.eval_greedy,
+                          answer_type=t.answer_type)
         compute["time/eval_s"] += time.perf_counter() - start
         log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith("accuracy/")))
         return result
@@ -103,7 +104,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                     break
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
-                row.update(telemetry(sampled, labels))
+                row.update(telemetry(sampled, labels, t.answer_type))
             for skipper in skippers:
                 row.update(skipper.end_step())
             # TRL splits a batch into gradient_accumulation_steps equal parts: train on a multiple.
@@ -153,7 +154,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     compute["time/total_s"] = time.perf_counter() - run_start
     compute["steps"] = step
     policy.save(out_dir / "adapter")
-    summary = {"before": before, "after": after, "compute": compute, "config": cfg.to_dict()}
+    summary = {"before": before, "after": after, "compute": compute, "telemetry": summarize_telemetry(history),
+               "config": cfg.to_dict()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     from engine.report import write_report
 
@@ -216,7 +218,7 @@ def select_rollouts(select, groups: list[RolloutGroup], k: int, policy) -> list[
 
 def apply_reward(reward_fn, spec, group: RolloutGroup) -> None:
     """Run the reward on one group; anything but one finite float per rollout stops the run."""
-    name = spec if isinstance(spec, str) else spec.get("name")
+    name = spec_name(spec)
     try:
         values = reward_fn(group)
     except Exception as err:
@@ -231,12 +233,32 @@ def apply_reward(reward_fn, spec, group: RolloutGroup) -> None:
         group.rollouts[i].reward = float(v)
 
 
-def telemetry(groups: list[RolloutGroup], labels: dict[str, str | None]) -> dict[str, float]:
+def summarize_telemetry(history: list[dict]) -> dict[str, dict[str, float]]:
+    """First, last and mean of the training signal over the run, for ``summary.json``.
+
+    Falling answer entropy with a flat ``label_accuracy`` is the collapse signal TTRL's follow-ups warn
+    about ("rise then fall"); a rising ``label_accuracy`` is the model beating its own early votes.
+    """
+    keys = ("vote/majority_ratio", "vote/answer_entropy", "vote/distinct_answers", "vote/confident",
+            "label_accuracy", "label_precision", "reward_accuracy", "reward/mean")
+    out = {}
+    for key in keys:
+        values = [row[key] for row in history if key in row and "accuracy/avg@" not in key]
+        if values:
+            out[key] = {"first": values[0], "last": values[-1], "mean": sum(values) / len(values)}
+    return out
+
+
+def telemetry(groups: list[RolloutGroup], labels: dict[str, str | None], answer_type: str = "math") -> dict[str, float]:
     """Per-step vote statistics, and TTRL's label-quality numbers where true labels exist.
 
-    ``label_accuracy``: the pseudo-label equals the true label. ``reward_accuracy``: a rollout's
-    pseudo-reward equals the reward the true label would give it (TTRL §4.3, "lucky hits": it stays
-    high even when label accuracy is low, because wrong answers get 0 under both).
+    Every ``group.stats`` key (``vote/majority_ratio``, ``vote/answer_entropy``, ``vote/distinct_answers``,
+    ``vote/confident`` ...) is averaged over the step's groups. ``label_accuracy``: the pseudo-label
+    equals the true label (a group without a pseudo-label counts as wrong). ``label_precision``: the
+    same over the groups that got a pseudo-label (a confidence-gated vote abstains on the rest; NaN if
+    none did). ``reward_accuracy``: a rollout's pseudo-reward equals the 0/1 reward the true label would
+    give it (TTRL §4.3, "lucky hits": it stays high even when label accuracy is low, because wrong
+    answers get 0 under both; a soft reward only matches where it is exactly 0 or 1).
     """
     rewards = [r for grp in groups for r in grp.rewards]
     mean = sum(rewards) / len(rewards)
@@ -249,8 +271,11 @@ def telemetry(groups: list[RolloutGroup], labels: dict[str, str | None]) -> dict
     if labeled:
         from rewards import is_correct
 
-        out["label_accuracy"] = sum(is_correct(grp.label, labels[grp.task.id]) for grp in labeled) / len(labeled)
+        right = [is_correct(grp.label, labels[grp.task.id], answer_type) for grp in labeled]
+        out["label_accuracy"] = sum(right) / len(labeled)
+        with_label = [ok for ok, grp in zip(right, labeled) if grp.label is not None]
+        out["label_precision"] = sum(with_label) / len(with_label) if with_label else float("nan")
         hits = [float(r.reward) == float(ok) for grp in labeled
-                for r, ok in zip(grp.rollouts, grade(grp, labels[grp.task.id]))]
+                for r, ok in zip(grp.rollouts, grade(grp, labels[grp.task.id], answer_type))]
         out["reward_accuracy"] = sum(hits) / len(hits)
     return out

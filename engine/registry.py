@@ -1,12 +1,14 @@
-"""One resolver for every pluggable stage (rewards, filters, selectors).
+"""One resolver for every pluggable stage (rewards, filters, selectors, answer types).
 
 A *spec* is either a registry name (``"majority_vote"``), an import path in entry-point syntax
-(``"my_rewards:length_penalty"``, the module found next to the config or on ``sys.path``), or a
-mapping ``{"name": <either of those>, **kwargs}``. Installed packages add names through the entry-point
-group ``ttrl_engine.<kind>`` (e.g. ``[project.entry-points."ttrl_engine.rewards"]``).
+(``"my_rewards:length_penalty"``, the module found next to the config or on ``sys.path``), or a mapping
+``{"name": <either of those>, **kwargs}``. Installed packages add names through the entry-point group
+``ttrl_engine.<kind>`` (e.g. ``[project.entry-points."ttrl_engine.rewards"]``).
 
 A class is instantiated with the kwargs; a function gets them bound with ``functools.partial`` — both
-pickle, so a resolved stage can travel to a Ray worker (lambdas and closures would not).
+pickle, so a resolved stage can travel to a Ray worker (lambdas and closures would not). Keyword
+arguments are checked against the target's signature here, so a misspelt option fails at start-up,
+not at the first step.
 """
 
 from __future__ import annotations
@@ -41,25 +43,79 @@ def split_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     raise SpecError(f"a stage spec is a name, 'module:function', or a mapping with a 'name' key; got {spec!r}")
 
 
-def resolve(spec: str | Mapping[str, Any], registry: Mapping[str, Any], kind: str) -> Callable:
-    """Turn ``spec`` into a ready callable, failing with the list of valid names."""
-    name, kwargs = split_spec(spec)
-    names = registered(registry, kind)
+def spec_name(spec: Any) -> str:
+    """A short human name for any spec, for error messages: ``"a"``, ``"a + b"`` for a list."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping):
+        return str(spec.get("name", spec))
+    if isinstance(spec, (list, tuple)):
+        return " + ".join(spec_name(s) for s in spec)
+    return repr(spec)
+
+
+def load_target(name: str, registry: Mapping[str, Any], kind: str) -> Any:
+    """The object a spec's name points at (not yet bound to kwargs)."""
     if ":" in name:
-        module_name, _, attr = name.partition(":")
+        module_name, _, attr = name.rpartition(":")
         try:
-            target = getattr(importlib.import_module(module_name), attr)
+            target = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+            return target
         except (ImportError, AttributeError) as err:
             raise SpecError(f"{kind} spec {name!r}: cannot import {attr!r} from module {module_name!r} ({err})") from err
-    elif name in names:
+    names = registered(registry, kind)
+    if name in names:
         target = names[name]
-        if isinstance(target, EntryPoint):
-            target = target.load()
-    else:
-        valid = ", ".join(sorted(names)) or "(none)"
-        raise SpecError(f"unknown {kind} {name!r}; valid names: {valid}, or 'module:function'")
+        return target.load() if isinstance(target, EntryPoint) else target
+    # Registry order, not sorted: the default comes first in every registry.
+    valid = ", ".join(names) or "(none)"
+    raise SpecError(f"unknown {kind} {name!r}; valid names: {valid}, or 'module:function'")
+
+
+def check_kwargs(target: Any, kwargs: Mapping[str, Any], kind: str, name: str) -> None:
+    """Fail now, naming the accepted options, if ``target`` cannot take ``kwargs``."""
+    if not kwargs:
+        return
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: let the call decide
+    params = sig.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        options = [p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+        raise SpecError(f"{kind} {name!r}: unknown option(s) {unknown}; it accepts: {', '.join(options) or '(none)'}")
+
+
+def accepts(target: Any, option: str) -> bool:
+    """Whether calling (or instantiating) ``target`` takes the keyword ``option``."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params and params[option].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                       inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def bind(target: Any, kwargs: Mapping[str, Any], kind: str, name: str) -> Callable:
+    """Instantiate a class with ``kwargs``, or bind them to a function (picklable either way)."""
+    check_kwargs(target, kwargs, kind, name)
     if inspect.isclass(target):
-        return target(**kwargs)
+        try:
+            return target(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise SpecError(f"{kind} {name!r}: cannot be built with {dict(kwargs)!r} ({err})") from err
     if not callable(target):
         raise SpecError(f"{kind} spec {name!r} resolved to {target!r}, which is not callable")
     return functools.partial(target, **kwargs) if kwargs else target
+
+
+def resolve(spec: str | Mapping[str, Any], registry: Mapping[str, Any], kind: str) -> Callable:
+    """Turn ``spec`` into a ready callable, failing with the list of valid names."""
+    name, kwargs = split_spec(spec)
+    return bind(load_target(name, registry, kind), kwargs, kind, name)

@@ -1,11 +1,13 @@
 """Decide when two answer strings mean the same thing, and group a vote's answers into classes.
 
 A majority vote (TTRL, arXiv 2504.16084, §3) is only as good as its notion of "the same answer":
-``0.5``, ``\\frac{1}{2}`` and ``1/2`` must count as one vote. Three tiers, cheapest first:
+``0.5``, ``\\frac{1}{2}`` and ``1/2`` must count as one vote. Four tiers, cheapest first:
 
 1. ``normalize_answer``: a canonical string (MATH's ``strip_string`` conventions: no ``$``, no
    ``\\left``, ``\\dfrac`` -> ``\\frac``, no degrees/percent/trailing units, ``14.0`` -> ``14``, ...).
 2. Exact numbers: ints, decimals and simple fractions compared as values (relative tolerance 1e-6).
+   Closed forms (``3\\sqrt{13}``, ``\\frac{\\pi}{2}``, ``6-5i``) likewise, by ``rewards.closed_form``; a
+   number is never equal to a tuple/interval or to an expression with a free variable.
 3. math-verify (HuggingFace, ``parse`` + ``verify``, symbolic via sympy) for everything else.
 
 math-verify can hang on pathological input (huge powers, deep nesting), so tier 3 runs under our own
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import operator
 import re
 import signal
 import threading
@@ -25,6 +28,9 @@ from collections import Counter
 from contextlib import contextmanager
 from decimal import Decimal
 from fractions import Fraction
+
+from rewards.closed_form import (closed_form_value, has_variable, is_structured, point_value, structured_equal,
+                                 structured_values, values_equal)
 
 MATH_VERIFY_TIMEOUT_S = 1.0   # per parse and per verify; a timeout counts as "not equivalent"
 MATH_VERIFY_MAX_LEN = 300     # longer normalized answers are compared as strings only
@@ -117,6 +123,7 @@ def normalize_answer(ans: str) -> str:
     return s
 
 
+@functools.lru_cache(maxsize=65536)
 def _as_number(s: str) -> Fraction | float | None:
     """The value of a normalized plain number or simple fraction, else None."""
     if len(s) > 64:  # int() refuses >4300 digits; no real answer is that long a number
@@ -224,29 +231,52 @@ def _tiers(a: str, b: str) -> bool:
     x, y = _as_number(a), _as_number(b)
     if x is not None and y is not None:
         return x == y or math.isclose(float(x), float(y), rel_tol=1e-6)
+    if is_structured(a) != is_structured(b):  # one value against several (tuple, set, interval, \pm)
+        return False
+    u, v = closed_form_value(a), closed_form_value(b)
+    if u is not None and v is not None:
+        return values_equal(u, v)
+    if (u is not None and has_variable(b)) or (v is not None and has_variable(a)):
+        return False
+    sa, sb = structured_values(a), structured_values(b)
+    if sa is not None and sb is not None and sa[0] == sb[0]:  # (1,2) vs (1,2): decided by values
+        return structured_equal(sa, sb)
     # Strings only: anagram words (``east``/``seat``) parse to equal symbol products in math-verify,
     # and it drops a base subscript (``52_8`` == ``52``, though 52_8 is 42).
     if any(_WORD.fullmatch(s) or _BASE.fullmatch(s) for s in (a, b)) or max(len(a), len(b)) > MATH_VERIFY_MAX_LEN:
+        return False
+    p, q = point_value(a), point_value(b)
+    if p is not None and q is not None and not values_equal(p, q):  # differ at a point: differ
         return False
     if not _can_use_signals() or max(_timeouts[a], _timeouts[b]) >= _TIMEOUTS_TO_SKIP:
         return False
     return _verify_sorted(*sorted((a, b)))
 
 
-def answers_equivalent(a: str, b: str) -> bool:
+def _kind(answer_type: str):
+    from rewards.answer_types import get_answer_type
+
+    return get_answer_type(answer_type)
+
+
+def answers_equivalent(a: str, b: str, answer_type: str = "math") -> bool:
     """True if ``a`` and ``b`` are the same answer (normalized, numeric, or symbolic via math-verify).
 
     Never raises and never hangs: math-verify errors and timeouts count as "not equivalent".
+    ``answer_type`` (``rewards.answer_types``) picks the normalisation and comparison.
 
     >>> answers_equivalent(r"\\frac12", "0.5"), answers_equivalent("(B)", "b")
     (True, True)
     >>> answers_equivalent(r"\\{1, 2\\}", r"\\{2,1\\}"), answers_equivalent("3", "4")
     (True, False)
     """
-    return _equivalent_normalized(normalize_answer(a), normalize_answer(b))
+    if answer_type == "math":
+        return _equivalent_normalized(normalize_answer(a), normalize_answer(b))
+    kind = _kind(answer_type)
+    return kind.equivalent(kind.normalize(a), kind.normalize(b))
 
 
-def cluster_answers(answers: list[str | None]) -> list[int | None]:
+def cluster_answers(answers: list[str | None], answer_type: str = "math") -> list[int | None]:
     """An equivalence-class id per answer (None stays None).
 
     Distinct normalized strings are visited in sorted order and each joins the first class whose
@@ -257,31 +287,40 @@ def cluster_answers(answers: list[str | None]) -> list[int | None]:
     >>> cluster_answers(["0.5", "7", None, r"\\frac{1}{2}", "1/2"])
     [0, 1, None, 0, 0]
     """
-    return cluster_with_representatives(answers)[0]
+    return cluster_with_representatives(answers, answer_type)[0]
 
 
-def cluster_with_representatives(answers: list[str | None]) -> tuple[list[int | None], list[str]]:
+def cluster_with_representatives(answers: list[str | None], answer_type: str = "math",
+                                 *, exact: bool = False) -> tuple[list[int | None], list[str]]:
     """``cluster_answers`` plus each class's representative: its smallest normalized member.
+
+    ``exact=True`` clusters by normalized string only (TTRL's original counting): no comparisons.
+    Each distinct string is compared with each class once per call (the per-group cache), and every
+    comparison is bounded in time (see the module docstring).
 
     >>> cluster_with_representatives(["7", "07.0", None])
     ([0, 0, None], ['7'])
+    >>> cluster_with_representatives(["7", "07.0", "7.5"], exact=True)
+    ([0, 0, 1], ['7', '7.5'])
     """
-    norms = [normalize_answer(a) if a is not None else None for a in answers]
+    kind = _kind(answer_type)
+    norms = [kind.normalize(a) if a is not None else None for a in answers]
+    same = operator.eq if exact else kind.equivalent
     reps: list[str] = []
     cid: dict[str, int] = {}
     for n in sorted({n for n in norms if n is not None}):
-        cid[n] = next((i for i, r in enumerate(reps) if _equivalent_normalized(n, r)), len(reps))
+        cid[n] = next((i for i, r in enumerate(reps) if same(n, r)), len(reps))
         if cid[n] == len(reps):
             reps.append(n)
     return [cid[n] if n is not None else None for n in norms], reps
 
 
-def is_correct(answer: str | None, label: str | None) -> bool:
+def is_correct(answer: str | None, label: str | None, answer_type: str = "math") -> bool:
     """Evaluation grading: is ``answer`` equivalent to the reference ``label``? None is wrong.
 
-    >>> is_correct("14", "14.0"), is_correct(None, "3"), is_correct("3", None)
-    (True, False, False)
+    >>> is_correct("14", "14.0"), is_correct(None, "3"), is_correct("3", None), is_correct("(c)", "C", "choice")
+    (True, False, False, True)
     """
     if answer is None or label is None:
         return False
-    return answers_equivalent(answer, label)
+    return answers_equivalent(answer, label, answer_type)

@@ -91,8 +91,25 @@ def _last_nonempty(pattern: re.Pattern, text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, answer_type: str = "math", *, question: str | None = None) -> str | None:
     """The final answer of a completion, or None if it states none.
+
+    ``answer_type`` (see ``rewards.answer_types``): ``math`` (below), ``number``, ``choice`` (which
+    reads the option list from ``question`` to map an option's text to its letter), or a
+    ``'module:function'`` extractor.
+
+    >>> extract_answer("I pick (c).", "choice"), extract_answer("so 18 apples", "number")
+    ('C', '18')
+    """
+    if answer_type == "math":
+        return extract_math(text)
+    from rewards.answer_types import get_answer_type
+
+    return get_answer_type(answer_type).extract(text, question)
+
+
+def extract_math(text: str) -> str | None:
+    """The final answer of a math completion, or None if it states none.
 
     Order: last ``\\boxed{}``/``\\fbox{}``; last "the answer is X" / "answer: X"; last ``#### X``;
     the last number (ints, decimals, negatives, ``1,234``, ``3/4``).

@@ -77,12 +77,15 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=lambda t: repr(t[:10]))
 def test_adversarial_strings_are_fast(text):
-    answers_equivalent(r"\sqrt{2}", r"\sqrt{3}")  # import math-verify outside the clock
-    start = time.perf_counter()
-    extract_answer(text)
-    normalize_answer(text)
-    answers_equivalent(text, text[:-1] + "7")
-    assert time.perf_counter() - start < 0.5
+    answers_equivalent("x+1", "x+2")  # import math-verify outside the clock (symbolic: reaches it)
+    times = []
+    for _ in range(3):  # best of 3: the machine is shared; catastrophic backtracking would fail all three
+        start = time.perf_counter()
+        extract_answer(text)
+        normalize_answer(text)
+        answers_equivalent(text, text[:-1] + "7")
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.5
 
 
 REFERENCE_CASES = [
@@ -216,9 +219,12 @@ def test_cluster_answers():
 def test_cluster_64_integers_is_fast():
     answers = [str(i % 9) for i in range(64)]
     cluster_answers(answers)  # warm caches
-    start = time.perf_counter()
-    ids = cluster_answers(answers)
-    assert time.perf_counter() - start < 0.005
+    times = []
+    for _ in range(5):  # best of 5: the machine is shared, one slow run is noise
+        start = time.perf_counter()
+        ids = cluster_answers(answers)
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.005
     assert ids == [i % 9 for i in range(64)]  # "0" < "1" < ... < "8": ids follow sort order
 
 
@@ -246,8 +252,9 @@ def test_clear_majority():
     assert group.label == "4"
     assert [r.answer for r in group.rollouts] == ["4", "4", "5", "4.0"]
     assert [r.reward for r in group.rollouts] == [1.0, 1.0, 0.0, 1.0]
-    # 3 of 4 in the winning class; 2 classes {4, 5}; everyone answered
-    assert group.stats == {"vote/majority_ratio": 0.75, "vote/distinct_answers": 2.0, "vote/answered_ratio": 1.0}
+    # 3 of 4 in the winning class; 2 classes {4, 5}; everyone answered; H = -(3/4 ln 3/4 + 1/4 ln 1/4)
+    assert group.stats == {"vote/majority_ratio": 0.75, "vote/distinct_answers": 2.0, "vote/answered_ratio": 1.0,
+                           "vote/answer_entropy": pytest.approx(0.5623351446188083)}
 
 
 def test_tie_is_broken_the_same_way_in_every_order():
@@ -264,8 +271,10 @@ def test_no_answer_rollouts_do_not_vote_and_get_zero():
     group = make_group([None, None, None, "7", "8", "8"])
     assert majority_vote(group) == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     assert group.label == "8"
-    # winner 2 of 6 rollouts (not of the 3 that answered); {7, 8}; 3 of 6 answered
-    assert group.stats == {"vote/majority_ratio": 2 / 6, "vote/distinct_answers": 2.0, "vote/answered_ratio": 0.5}
+    # winner 2 of 6 rollouts (not of the 3 that answered); {7, 8}; 3 of 6 answered;
+    # entropy over the answered: -(2/3 ln 2/3 + 1/3 ln 1/3)
+    assert group.stats == {"vote/majority_ratio": 2 / 6, "vote/distinct_answers": 2.0, "vote/answered_ratio": 0.5,
+                           "vote/answer_entropy": pytest.approx(0.6365141682948128)}
 
 
 def test_equivalent_spellings_form_one_cluster():
@@ -281,7 +290,8 @@ def test_all_none():
     assert majority_vote(group) == [0.0, 0.0]
     assert group.label is None
     assert [r.reward for r in group.rollouts] == [0.0, 0.0]
-    assert group.stats == {"vote/majority_ratio": 0.0, "vote/distinct_answers": 0.0, "vote/answered_ratio": 0.0}
+    assert group.stats == {"vote/majority_ratio": 0.0, "vote/distinct_answers": 0.0, "vote/answered_ratio": 0.0,
+                           "vote/answer_entropy": 0.0}
 
 
 def test_vote_ignores_the_true_label():
