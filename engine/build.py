@@ -16,8 +16,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
-    """The model path, data path and prompt template, building the demo on first use."""
-    model, data, template = cfg.model.model, cfg.data.data, cfg.data.template
+    """The model path, data path and prompt template, building the demo on first use and
+    converting a model alias (``engine.models.ALIASES``, e.g. ``smollm2-135m``) to its cached directory."""
+    from engine.models import resolve_model_alias
+
+    model, data, template = resolve_model_alias(cfg.model.model, log=print), cfg.data.data, cfg.data.template
     if model == "demo" or data == "demo":
         from engine.demo import DEMO_TEMPLATE, build_demo
 
@@ -71,7 +74,8 @@ def build(cfg: Config):
                           target_modules=targets if targets == "all-linear" else targets.split(","),
                           task_type="CAUSAL_LM")
     total = steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step)
-    policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total)
+    policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,
+                        sampler_is_separate_engine=cfg.ttrl.sampler == "vllm")
     if cfg.ttrl.sampler == "vllm":
         from engine.sampler_vllm import make_vllm_sampler
 

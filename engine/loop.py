@@ -128,7 +128,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 #    updated weights, so the next batch is sampled from the adapted policy.
                 start = time.perf_counter()
                 row.update(policy.update(batch))
-                sampler.load_weights(policy.model)
+                row.update(sampler.load_weights(policy.model) or {})  # vLLM reports time/weight_sync_s
                 row["time/update_s"] = time.perf_counter() - start
                 row["update/skipped"] = 0
             row["episode"] = stream.episode - 1

@@ -68,6 +68,13 @@ def _engine_reward(prompts, completions, engine_reward, **_) -> list[float]:
     return list(engine_reward)
 
 
+class _LoopSyncsWeights:
+    """Stands where TRL expects its vLLM client: weight sync belongs to the engine's sampler."""
+
+    def sync_weights(self) -> None:
+        pass
+
+
 class GRPOPolicy:
     """The model under adaptation plus the TRL trainer that updates it.
 
@@ -77,7 +84,8 @@ class GRPOPolicy:
     for full fine-tuning (then TRL loads a second copy of the model from ``model_path`` as reference).
     """
 
-    def __init__(self, model_path: str, tokenizer, grpo_args, lora=None, total_steps: int = 1):
+    def __init__(self, model_path: str, tokenizer, grpo_args, lora=None, total_steps: int = 1,
+                 sampler_is_separate_engine: bool = False):
         from datasets import Dataset
         from trl import GRPOTrainer
 
@@ -93,6 +101,14 @@ class GRPOPolicy:
             rollout_func=self._rollout_func,
         )
         self.args = grpo_args
+        if sampler_is_separate_engine:
+            # Rollouts come from a separate inference engine (vLLM) whose log-probs can drift from the
+            # trainer's. TRL applies its importance-sampling correction (and logs the mismatch,
+            # sampling/sampling_logp_difference) only when it believes it drives vLLM itself; it then
+            # asks that vLLM to sync — a no-op here, since the engine's loop syncs its own sampler.
+            self.trainer.use_vllm = True
+            self.trainer.vllm_generation = _LoopSyncsWeights()
+            self.trainer._last_loaded_step = -1
         self.trainer.create_optimizer_and_scheduler(num_training_steps=max(1, total_steps))
         self.trainer.current_gradient_accumulation_steps = grpo_args.gradient_accumulation_steps
         self.trainer.model.train()

