@@ -22,11 +22,10 @@ other stop points, or lr 3e-4, sometimes reinforce a consistent wrong carry and 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
+
+from engine.cache import atomic_dir, default_cache_dir
 
 DEMO_VERSION = "v2"            # bump when the recipe changes: it names the cache dir, so a change rebuilds
 DEMO_TEMPLATE = "{question}"   # the prompt is the bare expression; the model answers "<number><eos>"
@@ -53,11 +52,6 @@ _MODEL_CFG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, nu
                   num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True)
 _TRAIN = dict(batch_size=128, lr=3e-3, steps=550, check_every=50, p_long=0.02)
 N_TASKS = 128
-
-
-def default_cache_dir() -> Path:
-    """``$TTRL_CACHE`` if set, else ``~/.cache/ttrl-engine``."""
-    return Path(os.environ.get("TTRL_CACHE") or Path.home() / ".cache" / "ttrl-engine")
 
 
 def vocab() -> dict[str, int]:
@@ -215,19 +209,11 @@ def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed
     model_dir, tasks_file = final / "model", final / "tasks.jsonl"
     if final.is_dir() and not force and (model_dir / "config.json").exists() and tasks_file.exists():
         return model_dir, tasks_file
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         model = pretrain(seed, steps=steps, log=log)
         model.save_pretrained(tmp / "model")
         make_tokenizer().save_pretrained(tmp / "model")
         with open(tmp / "tasks.jsonl", "w") as f:
             for t in demo_tasks(seed):
                 f.write(json.dumps(t) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return model_dir, tasks_file

@@ -18,9 +18,6 @@ through unchanged.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 ALIASES: dict[str, dict[str, str]] = {
@@ -38,7 +35,7 @@ def resolve_model_alias(name: str, cache_dir: str | Path | None = None, log=None
     spec = ALIASES.get(name.lower())
     if spec is None:
         return name
-    from engine.demo import default_cache_dir
+    from engine.cache import atomic_dir, default_cache_dir
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / spec["dir"]
@@ -47,17 +44,8 @@ def resolve_model_alias(name: str, cache_dir: str | Path | None = None, log=None
     gguf = _find_gguf(spec)
     if log:
         log(f"converting {spec['about']} from {gguf} to {final} (once)")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec['dir']}-", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         convert_gguf(gguf, tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return str(final)
 
 

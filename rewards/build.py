@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.registry import SpecError, accepts, bind, load_target, spec_name, split_spec
+from engine.registry import SpecError, accepts, bind, load_target, split_spec
 
 
 class PerCompletion:
