@@ -13,11 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-USAGE = """usage: ttrl {run,eval} [CONFIG.yaml] [--option value ...] [--debug]
+USAGE = """usage: ttrl {run,eval,suite} [CONFIG.yaml] [--option value ...] [--debug]
 
   ttrl run            adapt the demo model to the demo task (built on first use, no download)
   ttrl run CONFIG     adapt the model and data named in CONFIG.yaml; flags override it
+  ttrl run --suite S  adapt to a registered benchmark (aime24, amc, math500, gpqa, mawps-singleop, ...)
   ttrl eval ...       score a model (or --adapter RUN_DIR/adapter) on labeled tasks, no training
+  ttrl eval --suite S --completions FILE.jsonl
+                      grade completions made elsewhere ({"id": ..., "completion": ...} per line)
+  ttrl suite S1 S2 ... [--config CONFIG.yaml] [--output_dir DIR] [--option value ...]
+                      `ttrl run` on each suite in turn (resumable), then one before/after table
 
 `ttrl run --help` lists every option with its default."""
 
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"run": cmd_run, "eval": cmd_eval}
+    commands = {"run": cmd_run, "eval": cmd_eval, "suite": cmd_suite}
     if command not in commands:
         print(f"ttrl: unknown command {command!r}; valid commands: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -94,6 +99,8 @@ def cmd_eval(argv: list[str]) -> int:
     from engine.types import SamplingParams
 
     cfg = parse_config(argv)
+    if cfg.eval.completions:
+        return eval_completions(cfg)
     set_seed(cfg.grpo.seed)
     model_path, data, template = resolve_model_and_data(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -119,6 +126,39 @@ def cmd_eval(argv: list[str]) -> int:
     for k, v in result.items():
         print(f"{k}: {v:.4f}")
     return 0
+
+
+def eval_completions(cfg) -> int:
+    """``ttrl eval --completions FILE``: grade saved completions against the data's labels; no model."""
+    from engine.completions import grade_completions, read_completions
+    from engine.data import load_tasks
+
+    d = cfg.data
+    data = d.data
+    if data == "demo":
+        from engine.demo import build_demo
+
+        data = str(build_demo(log=print)[1])
+    tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
+                       split=d.split, limit=d.limit, data_dir=d.data_dir)
+    completions = read_completions(cfg.eval.completions, {t.id for t in tasks})
+    result = grade_completions(tasks, completions, answer_type=cfg.ttrl.answer_type)
+    out_dir = Path(cfg.grpo.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps({"model": None, "adapter": None, "completions": cfg.eval.completions,
+                                                   "suite": d.suite, "data": d.data, **result}, indent=2), encoding="utf-8")
+    if result.get("eval/missing"):
+        print(f"note: {int(result['eval/missing'])} labeled tasks have no completions and are not graded")
+    for k, v in result.items():
+        print(f"{k}: {v:.4f}")
+    print(f"written: {out_dir / 'eval.json'}")
+    return 0
+
+
+def cmd_suite(argv: list[str]) -> int:
+    from engine.suite_cmd import run_suites
+
+    return run_suites(argv)
 
 
 if __name__ == "__main__":

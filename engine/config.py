@@ -42,6 +42,7 @@ class ModelArgs:
 @dataclass
 class DataArgs:
     data: str = _f("demo", "Test prompts: 'demo', a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
+    suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, demo; see engine.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
     data_dir: str | None = _f(None, "Folder to look relative data paths up in.")
     split: str = _f("test", "Split to load from a hub dataset.")
     prompt_field: str | None = _f(None, "Field holding the question (default: prompt, problem, question, input, ...).")
@@ -78,6 +79,7 @@ class EvalArgs:
     eval_greedy: bool = _f(True, "Also report greedy accuracy.")
     eval_every: int = _f(0, "Evaluate every N steps during training (0: only before and after).")
     eval_max_tokens: int | None = _f(None, "Token budget for evaluation (default: max_completion_length).")
+    completions: str | None = _f(None, "ttrl eval: grade completions made elsewhere instead of sampling (JSON lines {\"id\": task id, \"completion\": text}, several per task allowed); no model is loaded.")
 
 
 ENGINE_DATACLASSES = (ModelArgs, DataArgs, TTRLArgs, EvalArgs)
@@ -159,6 +161,13 @@ def parse_config(argv: list[str] | None = None) -> Config:
         from engine.demo import DEMO_SETTINGS
 
         defaults.update(DEMO_SETTINGS)
+    suite = probe.suite or file_values.get("suite")
+    if suite:  # the suite's settings sit below the YAML file and the command line
+        from engine.suites import suite_option_defaults
+
+        user_data = "data" in file_values or any(a == "--data" or a.startswith("--data=") for a in argv)
+        defaults.update(suite_option_defaults(suite, probe.data_dir or file_values.get("data_dir"),
+                                              with_data=not user_data))
     defaults.update(file_values)
     parser.set_defaults(**defaults)
     ns = parser.parse_args(argv)
@@ -194,7 +203,8 @@ def _derive(ns) -> None:
         import time
 
         stem = Path(ns.model).name or "model"
-        ns.output_dir = str(Path("runs") / f"{stem}-{Path(ns.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        data = Path(ns.suite).stem if ns.suite else Path(ns.data).stem
+        ns.output_dir = str(Path("runs") / f"{stem}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
     if getattr(ns, "use_cpu", False) is False:
         import torch
 
