@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -43,15 +43,22 @@ NOISY = {"plain": {}, "max_variance": {"selector": "max_variance"},
 
 
 def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dict:
+    """Run one configuration and seed (or reuse its finished run directory under ``work``)."""
     out = work / f"{name}-s{seed}"
-    cfg = {"eval_every": 4, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
-    cfg_file = work / f"{name}-s{seed}.yaml"
-    cfg_file.write_text(yaml.safe_dump(cfg))
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(cfg_file)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-4000:]}")
+    if not (out / "summary.json").exists():
+        shutil.rmtree(out, ignore_errors=True)  # an interrupted run: start it afresh
+        cfg = {"eval_every": 4, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
+        cfg_file = work / f"{name}-s{seed}.yaml"
+        cfg_file.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(cfg_file)], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-4000:]}")
+    return collect(name, seed, out)
+
+
+def collect(name: str, seed: int, out: Path) -> dict:
+    """One run's figures from its run directory."""
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curve = [{"avg16": summary["before"][TARGET], "tokens": 0, "seconds": 0.0}]
@@ -61,7 +68,7 @@ def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dic
                           "seconds": r["compute/time/generate_s"] + r["compute/time/reward_s"] + r["compute/time/update_s"]})
     c = summary["compute"]
     return {
-        "config": name, "seed": seed, "wall_s": time.perf_counter() - start,
+        "config": name, "seed": seed, "wall_s": c["time/total_s"],
         "final": {k: summary["after"][k] for k in ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")},
         "before": {k: summary["before"][k] for k in ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")},
         "tokens_generated": c["tokens/generated"], "tokens_trained": c["tokens/trained"],
@@ -155,8 +162,11 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", help="run only these configurations (plain is always run)")
     ap.add_argument("--noise", type=float, default=0.2, help="fraction of pseudo-labels flipped (0: skip)")
     ap.add_argument("--noise-seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--noisy-configs", nargs="*", default=list(NOISY), help="selectors to repeat with label noise")
+    ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ttrl-filters-"))
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-filters-"))
+    work.mkdir(parents=True, exist_ok=True)
     # One thread per run: every configuration is timed under the same conditions, and a busy machine
     # cannot turn OpenMP's spin-waiting into a 30x slowdown (seen here with two runs on 2 cores).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -171,9 +181,12 @@ def main(argv=None) -> None:
     noisy = []
     if args.noise > 0:
         for name, overrides in NOISY.items():
+            if name not in args.noisy_configs:
+                continue
             for seed in args.noise_seeds:
                 reward = {"reward": {"name": "benchmarks.noise:NoisyMajorityVote", "flip": args.noise, "seed": seed}}
-                noisy.append(run_one(name, {**overrides, **reward}, seed, work, env))
+                noisy.append(run_one(f"noisy-{name}", {**overrides, **reward}, seed, work, env))
+                noisy[-1]["config"] = name
                 print(f"noisy {name} seed {seed}: avg@16 {100 * noisy[-1]['final'][TARGET]:.1f}", flush=True)
     table = summarize(runs)
     noisy_table = summarize(noisy) if noisy else {}
