@@ -67,6 +67,10 @@ def collect(name: str, seed: int, out: Path) -> dict:
             curve.append({"avg16": r[TARGET], "tokens": r["compute/tokens/generated"] + r["compute/tokens/trained"],
                           "seconds": r["compute/time/generate_s"] + r["compute/time/reward_s"] + r["compute/time/update_s"]})
     c = summary["compute"]
+    # The final evaluation ends the curve: plain TTRL's target is its own final avg@16, so the same
+    # evaluation must be on every curve (the periodic ones are separate samples, ~1 point of noise).
+    curve.append({"avg16": summary["after"][TARGET], "tokens": c["tokens/generated"] + c["tokens/trained"],
+                  "seconds": c["time/generate_s"] + c["time/reward_s"] + c["time/update_s"]})
     return {
         "config": name, "seed": seed, "wall_s": c["time/total_s"],
         "final": {k: summary["after"][k] for k in ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")},
