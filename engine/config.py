@@ -128,18 +128,25 @@ def make_parser():
 
 def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
     """A flat mapping of option names to values; unknown keys are an error naming them."""
+    return read_mapping(path, known, what="config file", item="option", hint="see `ttrl run --help` for the options",
+                        error=ConfigError)
+
+
+def read_mapping(path: str | Path, known, *, what: str, item: str, hint: str, error: type[Exception]) -> dict[str, Any]:
+    """A YAML file holding one flat mapping whose keys must all be in ``known``; every failure is an
+    ``error`` naming the file (and the unknown keys)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise error(f"{what} {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(data).__name__}")
-    unknown = sorted(set(data) - known)
+        raise error(f"{what} {path}: expected a mapping of {item}: value, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {unknown}; see `ttrl run --help` for the options")
+        raise error(f"{what} {path}: unknown keys {unknown}; {hint}")
     return data
 
 

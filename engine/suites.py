@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError
+from engine.config import ConfigError, read_mapping
 
 DEMO_SOURCE = "demo"  # the engine's built-in task (engine.demo.build_demo), built offline on first use
 
@@ -181,19 +181,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise SuiteError(f"unknown suite {text!r}; registered suites: {', '.join(SUITES)} "
                          "(or give the path of a suite .yaml file)")
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise SuiteError(f"suite file {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SuiteError(f"suite file {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(f"suite file {path}: expected a mapping of key: value, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SUITE_KEYS))
-    if unknown:
-        raise SuiteError(f"suite file {path}: unknown keys {unknown}; allowed keys: {', '.join(SUITE_KEYS)}")
+    raw = read_mapping(path, SUITE_KEYS, what="suite file", item="key", hint=f"allowed keys: {', '.join(SUITE_KEYS)}",
+                       error=SuiteError)
     raw.setdefault("name", path.stem)
     source = raw.get("source")
     if source and source != DEMO_SOURCE and not Path(source).expanduser().is_absolute():
