@@ -45,6 +45,16 @@ def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None)
                          on_too_long=d.on_too_long)
 
 
+def load_tokenizer(model_path: str):
+    """The model's tokenizer, with EOS standing in as the pad token where it defines none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def torch_dtype(name: str, use_cpu: bool) -> str:
     if name == "auto":
         return "float32" if use_cpu else "bfloat16"
@@ -54,15 +64,11 @@ def torch_dtype(name: str, use_cpu: bool) -> str:
 def build(cfg: Config):
     """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer."""
     from peft import LoraConfig
-    from transformers import AutoTokenizer
-
     from engine.sampler_hf import HFSampler
     from engine.update import GRPOPolicy, steps_for
 
     model_path, data, template = resolve_model_and_data(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     tasks = load_prepared_tasks(cfg, tokenizer, data, template)
     g = cfg.grpo
     g.model_init_kwargs = {"dtype": torch_dtype(cfg.model.dtype, g.use_cpu), **(g.model_init_kwargs or {})}

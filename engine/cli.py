@@ -90,9 +90,9 @@ def cmd_run(argv: list[str]) -> int:
 def cmd_eval(argv: list[str]) -> int:
     """Evaluate without training: the base model, or base + a saved adapter."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForCausalLM, set_seed
 
-    from engine.build import load_prepared_tasks, resolve_model_and_data, torch_dtype
+    from engine.build import load_prepared_tasks, load_tokenizer, resolve_model_and_data, torch_dtype
     from engine.config import parse_config
     from engine.evaluate import evaluate
     from engine.sampler_hf import HFSampler
@@ -103,9 +103,7 @@ def cmd_eval(argv: list[str]) -> int:
         return eval_completions(cfg)
     set_seed(cfg.grpo.seed)
     model_path, data, template = resolve_model_and_data(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     tasks = load_prepared_tasks(cfg, tokenizer, data, template)
     dtype = getattr(torch, torch_dtype(cfg.model.dtype, cfg.grpo.use_cpu))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)

@@ -243,7 +243,7 @@ def summarize_telemetry(history: list[dict]) -> dict[str, dict[str, float]]:
             "label_accuracy", "label_precision", "reward_accuracy", "reward/mean")
     out = {}
     for key in keys:
-        values = [row[key] for row in history if key in row and "accuracy/avg@" not in key]
+        values = [row[key] for row in history if key in row]
         if values:
             out[key] = {"first": values[0], "last": values[-1], "mean": sum(values) / len(values)}
     return out

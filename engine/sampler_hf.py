@@ -89,11 +89,13 @@ class HFSampler:
             if tok in self.eos_ids:
                 ids, finish = ids[: i + 1], "stop"  # keep the EOS: the policy must learn to stop
                 break
+        else:
+            # A row that ended on a stop string is padded by generate() to the batch's length.
+            while ids and ids[-1] == self.pad_id and self.pad_id not in self.eos_ids:
+                ids.pop()
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if finish == "length" and params.stop and any(s in text for s in params.stop):
             finish = "stop"
-        if finish == "length":
-            ids = [t for t in ids if t != self.pad_id] if self.pad_id not in self.eos_ids else ids
         return Rollout(text=text, token_ids=ids, logprobs=logps[: len(ids)].tolist(), finish_reason=finish)
 
 

@@ -13,10 +13,10 @@ Skipped prompts still count in evaluation; only training rollouts are saved.
 
 from __future__ import annotations
 
-import math
 import random
 
 from engine.types import RolloutGroup
+from filters.degenerate import zero_variance
 
 
 class HistorySkip:
@@ -33,9 +33,7 @@ class HistorySkip:
         self._seen = self._degenerate = 0
 
     def __call__(self, group: RolloutGroup) -> bool:
-        rewards = group.rewards
-        mean = sum(rewards) / len(rewards)
-        degenerate = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)) <= self.tol
+        degenerate = not zero_variance(group, self.tol)
         self.streak[group.task.id] = self.streak.get(group.task.id, 0) + 1 if degenerate else 0
         self._seen += 1
         self._degenerate += degenerate
