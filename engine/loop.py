@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from engine import checkpoint
 from engine.config import Config
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
@@ -47,9 +52,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                                  top_p=g.top_p, max_new_tokens=cfg.eval.eval_max_tokens or g.max_completion_length)
     rng = random.Random(g.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
     compute = {"tokens/generated": 0, "tokens/trained": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
                "time/update_s": 0.0, "time/eval_s": 0.0}
+    saves = {"count": 0, "seconds": 0.0, "mb": 0.0}
     run_start = time.perf_counter()
 
     def run_eval(tag: str) -> dict[str, float]:
@@ -64,13 +69,55 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     skippers = [stage.fn for stage in filter_stages if hasattr(stage.fn, "skip")]  # GRESO: before sampling
     stream = PromptStream(train_tasks, t.episodes, rng)
 
-    before = run_eval("before")
-    history = [{"step": 0, **before, **cumulative(compute)}]
-    step = 0
-    bar = tqdm(total=len(tasks) * t.episodes, desc="TTRL prompts", unit="prompt", disable=not t.progress)
+    # Resume: a checkpoint in out_dir puts every piece of state back as it was after its step, and
+    # metrics.jsonl is cut back to that step (rows written after it are written again, identically).
+    resumed = checkpoint.find(out_dir)
+    if resumed is not None:
+        state = checkpoint.load(resumed, policy=policy, rng=rng)
+        before, history, step = state["before"], state["history"], state["step"]
+        compute.update(state["compute"])
+        saves.update(state["saves"])
+        stream.load_state_dict(state["stream"])
+        for stage in filter_stages:
+            if hasattr(stage.fn, "load_state_dict"):
+                stage.fn.load_state_dict(state["filters"][stage.name])
+        run_start -= state["elapsed_s"]
+        sampler.load_weights(policy.model)
+        log(f"resumed from {resumed} after step {step} (episode {stream.episode}, {len(history) - 1} rows)")
+    else:
+        before = run_eval("before")
+        history = [{"step": 0, **before, **cumulative(compute)}]
+        step = 0
+    _truncate_jsonl(out_dir / "metrics.jsonl", len(history) - 1)
+    metrics_file = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    def save_checkpoint() -> None:
+        loop_state = {"before": before, "history": history, "step": step, "compute": compute, "saves": saves,
+                      "stream": stream.state_dict(), "elapsed_s": time.perf_counter() - run_start,
+                      "filters": {s.name: s.fn.state_dict() for s in filter_stages if hasattr(s.fn, "state_dict")}}
+        cost = checkpoint.save(out_dir, policy=policy, rng=rng, loop_state=loop_state)
+        saves.update(count=saves["count"] + 1, seconds=saves["seconds"] + cost["checkpoint/seconds"],
+                     mb=cost["checkpoint/mb"])
+
+    # Ctrl-C: finish the step in flight, checkpoint, then stop (a second Ctrl-C stops at once).
+    interrupted = threading.Event()
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            interrupted.set()
+            log("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)")
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+
+    bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
+               disable=not t.progress)
     try:
         while not stream.exhausted:
-            row: dict[str, float] = {"step": step + 1}
+            finished_at_start = stream.episodes_finished
+            # "step": optimizer steps taken once this row's work is done (a row whose groups were all
+            # filtered out takes none); "iteration": the row's own number.
+            row: dict[str, float] = {"step": step, "iteration": len(history)}
             sampled: list[RolloutGroup] = []
             kept: list[RolloutGroup] = []
             counts: dict[str, float] = {"prompts/skipped": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
@@ -114,9 +161,10 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             if not kept:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
                 if sampled:
-                    log(f"step {step + 1}: every group was filtered out ({len(sampled)} sampled); no update")
+                    log(f"iteration {len(history)}: every group was filtered out ({len(sampled)} sampled); no update")
             else:
                 step += 1
+                row["step"] = step
                 # 3. Select the n_train rollouts of each group to train on.
                 selections = select_rollouts(select, kept, t.n_train, policy)
                 batch = Batch.from_groups(kept, selections)
@@ -132,6 +180,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 row["time/update_s"] = time.perf_counter() - start
                 row["update/skipped"] = 0
             row["episode"] = stream.episode - 1
+            row["memory/rss_mb"] = rss_mb()
             for key in ("tokens/generated", "tokens/trained", "time/generate_s", "time/reward_s", "time/update_s"):
                 compute[key] += row[key]
             row.update(cumulative(compute))
@@ -140,6 +189,13 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             history.append(row)
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
+            rows = len(history) - 1
+            if (interrupted.is_set() or stream.episodes_finished > finished_at_start
+                    or (t.save_every and rows % t.save_every == 0)):
+                save_checkpoint()
+            if interrupted.is_set():
+                raise KeyboardInterrupt(f"checkpoint saved after step {step}; continue with "
+                                        f"`ttrl run --resume {out_dir}`")
             if kept:
                 log(f"step {step}: reward={row['reward/mean']:.3f} majority_ratio={row['vote/majority_ratio']:.3f}"
                     + (f" label_acc={row['label_accuracy']:.3f}" if "label_accuracy" in row else "")
@@ -148,6 +204,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     finally:
         bar.close()
         metrics_file.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
 
     after = run_eval("after")
     history.append({"step": step, **after})
@@ -155,7 +213,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     compute["steps"] = step
     policy.save(out_dir / "adapter")
     summary = {"before": before, "after": after, "compute": compute, "telemetry": summarize_telemetry(history),
-               "config": cfg.to_dict()}
+               "checkpoints": saves, "config": cfg.to_dict()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     from engine.report import write_report
 
@@ -180,6 +238,25 @@ class PromptStream:
     def exhausted(self) -> bool:
         return self.episode >= self.episodes and self._pos >= len(self._order)
 
+    @property
+    def episodes_finished(self) -> int:
+        """Episodes whose prompts have all been handed out."""
+        return self.episode if self._pos >= len(self._order) else self.episode - 1
+
+    @property
+    def prompts_taken(self) -> int:
+        return max(0, self.episode - 1) * len(self.tasks) + self._pos
+
+    def state_dict(self) -> dict:
+        return {"episode": self.episode, "order": [t.id for t in self._order], "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        by_id = {t.id: t for t in self.tasks}
+        unknown = [i for i in state["order"] if i not in by_id]
+        if unknown:
+            raise ValueError(f"the checkpoint's prompt order names tasks this data does not have: {unknown[:5]}")
+        self.episode, self._order, self._pos = state["episode"], [by_id[i] for i in state["order"]], state["pos"]
+
     def take(self, n: int, skip=None) -> tuple[list[Task], int]:
         out: list[Task] = []
         skipped = 0
@@ -198,6 +275,29 @@ class PromptStream:
             else:
                 out.append(task)
         return out, skipped
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB (Linux /proc; elsewhere the peak, from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _truncate_jsonl(path: Path, rows: int) -> None:
+    """Keep the first ``rows`` lines of ``path`` (the rows a checkpoint covers); no file, no rows: nothing."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        lines = f.readlines()
+    if len(lines) != rows:
+        with path.open("wb") as f:
+            f.writelines(lines[:rows])
 
 
 def cumulative(compute: dict[str, float]) -> dict[str, float]:

@@ -67,20 +67,36 @@ def prepare_tasks(
     chat: bool | None = None,
     system_prompt: str | None = None,
     max_prompt_tokens: int | None = None,
-    on_too_long: str = "error",
+    on_too_long: str = "skip",
+    context_length: int | None = None,
+    completion_tokens: int = 0,
 ) -> list[Task]:
     """New Tasks with ``prompt`` and ``prompt_ids`` filled from ``question`` (other fields kept).
 
     With a chat template the text already carries the BOS token, so it is tokenized with
     ``add_special_tokens=False`` (a second BOS would shift the model off its training distribution);
-    plain text gets the tokenizer's default special tokens. Prompts over ``max_prompt_tokens``
-    raise a :class:`DataError` (``on_too_long="error"``) or are dropped with a logged warning
-    (``"skip"``); if every prompt is too long that is an error either way.
+    plain text gets the tokenizer's default special tokens.
+
+    A prompt may hold at most ``max_prompt_tokens`` tokens, and at most ``context_length -
+    completion_tokens`` (the model's positions minus the completion budget: a longer prompt leaves
+    its completion no room, and the model would run past the positions it was trained on). Longer
+    prompts are dropped with a logged count (``on_too_long="skip"``, the default) or raise a
+    :class:`DataError` (``"error"``); if every prompt is too long that is an error either way.
     """
     if on_too_long not in ON_TOO_LONG:
         raise ValueError(f"on_too_long={on_too_long!r}; expected one of {', '.join(ON_TOO_LONG)}")
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
         raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
+    limit, why = max_prompt_tokens, f"max_prompt_tokens={max_prompt_tokens}"
+    if context_length is not None:
+        room = context_length - completion_tokens
+        if room < 1:
+            raise DataError(f"the model's context holds {context_length} tokens and the completion budget is "
+                            f"{completion_tokens} (max_completion_length / eval_max_tokens), which leaves no room "
+                            "for a prompt; lower max_completion_length")
+        if limit is None or room < limit:
+            limit, why = room, (f"the model's context ({context_length} positions) minus the completion budget "
+                                f"({completion_tokens} tokens) = {room}")
     if not tasks:
         return []
     use_chat = uses_chat(tokenizer, chat)
@@ -89,22 +105,43 @@ def prepare_tasks(
     ids = tokenizer(prompts, **special)["input_ids"]
     prepared = [replace(t, prompt=p, prompt_ids=tuple(int(i) for i in row))
                 for t, p, row in zip(tasks, prompts, ids, strict=True)]
-    if max_prompt_tokens is None:
+    if limit is None:
         return prepared
-    kept = [t for t in prepared if len(t.prompt_ids) <= max_prompt_tokens]
-    too_long = [t for t in prepared if len(t.prompt_ids) > max_prompt_tokens]
+    kept = [t for t in prepared if len(t.prompt_ids) <= limit]
+    too_long = [t for t in prepared if len(t.prompt_ids) > limit]
     if not too_long:
         return kept
     first = too_long[0]
-    detail = (f"{len(too_long)} of {len(prepared)} prompts exceed max_prompt_tokens={max_prompt_tokens} "
+    detail = (f"{len(too_long)} of {len(prepared)} prompts are longer than {why} tokens "
               f"(first: task {first.id!r} has {len(first.prompt_ids)} tokens)")
     if on_too_long == "error":
-        raise DataError(f"{detail}; raise max_prompt_tokens or pass on_too_long='skip'")
+        raise DataError(f"{detail}; shorten them, lower max_completion_length, raise max_prompt_tokens, "
+                        "or set on_too_long: skip to leave them out")
     if not kept:
         raise DataError(f"{detail}; no prompt fits, nothing left to run")
-    log.warning("skipping %s; skipped ids: %s", detail, ", ".join(t.id for t in too_long[:20])
+    log.warning("%s; left out (on_too_long: skip), ids: %s", detail, ", ".join(t.id for t in too_long[:20])
                 + (", ..." if len(too_long) > 20 else ""))
     return kept
+
+
+def model_context_length(model_path: str | None) -> int | None:
+    """How many positions the model at ``model_path`` was built for (``max_position_embeddings`` or its
+    older names), read from its config alone; None when the config cannot be read or says nothing."""
+    if not model_path:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path)
+    except Exception as err:  # no config.json, an unknown architecture, offline: no check, not a failure
+        log.debug("no context length for %s: %s", model_path, err)
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _format(question: str, tokenizer, template: str, use_chat: bool, system_prompt: str | None) -> str:

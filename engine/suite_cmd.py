@@ -10,6 +10,8 @@ stopping the others. Why resumable: benchmark runs take hours on real models; a 
 already holds ``summary.json`` is finished and is not run again, so re-issuing the same command (same
 ``--output_dir``) continues where it stopped. Delete a run directory to redo that benchmark.
 Hub-only suites (gsm8k) are skipped with their reason while ``HF_HUB_OFFLINE`` is set.
+``--ray [ADDRESS]`` (or ``ray_address`` in the config) runs the same jobs as Ray tasks on a cluster
+instead of one after the other here: ``engine.ray_suite``.
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ def parse_suite_args(argv: list[str]) -> tuple[list[str], dict[str, str | None],
     while i < len(argv) and not argv[i].startswith("-"):
         names.append(argv[i])
         i += 1
-    own: dict[str, str | None] = {"output_dir": None, "config": None, "models": None}
+    own: dict[str, str | None] = {"output_dir": None, "config": None, "models": None, "ray": None}
     rest: list[str] = []
     args = argv[i:]
     j = 0
     while j < len(args):
         key, _, value = args[j].removeprefix("--").partition("=")
         if args[j].startswith("--") and key in own:
-            if not value:
+            if key == "ray" and not value and (j + 1 >= len(args) or args[j + 1].startswith("--")):
+                value = ""  # a bare --ray: the cluster Ray finds (RAY_ADDRESS, the last `ray start`) or a new local one
+            elif not value:
                 if j + 1 >= len(args):
                     raise ConfigError(f"--{key} needs a value")
                 value, j = args[j + 1], j + 1
@@ -59,6 +63,28 @@ def parse_suite_args(argv: list[str]) -> tuple[list[str], dict[str, str | None],
 def run_suites(argv: list[str]) -> int:
     """Run every (model, suite) not finished yet, then write and print the summary; 1 if any failed."""
     names, own, rest = parse_suite_args(argv)
+    out, rows, todo = plan_suite(names, own, rest)
+    from engine.ray_suite import requested_address
+
+    address = requested_address(own, rest)
+    if address is not None:
+        from engine.ray_suite import run_on_ray
+
+        run_on_ray(todo, address)
+    else:
+        for row, args in todo:
+            cmd = [sys.executable, "-m", "engine.cli", "run", *args]
+            print(f"==> {row['suite']}: ttrl {' '.join(cmd[3:])}", flush=True)
+            start = time.perf_counter()
+            finish_job(row, subprocess.run(cmd).returncode)
+            print(f"==> {row['suite']}: {row['status']} in {time.perf_counter() - start:.0f} s", flush=True)
+    write_summary(out, rows, argv)
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def plan_suite(names: list[str], own: dict, rest: list[str]) -> tuple[Path, list[dict], list[tuple[dict, list[str]]]]:
+    """The output folder, one summary row per (model, suite) in order, and the jobs still to run as
+    ``(row, ttrl run arguments)``; finished and unavailable ones have their row filled here."""
     suites = [load_suite(n) for n in names]  # unknown names fail here, before anything runs
     seen = [s.name for s in suites]
     if len(set(seen)) != len(seen):
@@ -67,7 +93,7 @@ def run_suites(argv: list[str]) -> int:
     out = Path(own["output_dir"] or Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     print(f"ttrl suite: {len(suites)} suites x {len(models)} model(s) -> {out} (re-run with --output_dir {out} to resume)")
-    rows = []
+    rows, todo = [], []
     for model in models:
         for spec, suite in zip(names, suites):
             run_dir = out / suite.name if len(models) == 1 else out / _stem(model) / suite.name
@@ -75,26 +101,27 @@ def run_suites(argv: list[str]) -> int:
             reason = suite.unavailable_reason()
             if (run_dir / "summary.json").exists():
                 row["status"] = "done"
+                row.update(_results(run_dir))
                 print(f"==> {suite.name}: already finished in {run_dir}, skipped")
             elif reason:
                 row.update(status="unavailable", reason=reason)
                 print(f"==> {suite.name}: skipped: {reason}")
             else:
-                cmd = [sys.executable, "-m", "engine.cli", "run", *([own["config"]] if own["config"] else []),
-                       "--suite", spec, *(["--model", model] if model else []), *rest, "--output_dir", str(run_dir)]
-                print(f"==> {suite.name}: ttrl {' '.join(cmd[3:])}", flush=True)
-                start = time.perf_counter()
-                code = subprocess.run(cmd).returncode
-                done = code == 0 and (run_dir / "summary.json").exists()
-                row["status"] = "done" if done else "failed"
-                if not done:
-                    row["reason"] = f"ttrl run exited with status {code}; see the output above"
-                print(f"==> {suite.name}: {row['status']} in {time.perf_counter() - start:.0f} s", flush=True)
-            if row["status"] == "done":
-                row.update(_results(run_dir))
+                todo.append((row, [*([own["config"]] if own["config"] else []), "--suite", spec,
+                                   *(["--model", model] if model else []), *rest, "--output_dir", str(run_dir)]))
             rows.append(row)
-    write_summary(out, rows, argv)
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    return out, rows, todo
+
+
+def finish_job(row: dict, code: int, see: str = "see the output above") -> None:
+    """Fill a job's row from its exit status: done only with status 0 and a ``summary.json``."""
+    run_dir = Path(row["run_dir"])
+    done = code == 0 and (run_dir / "summary.json").exists()
+    row["status"] = "done" if done else "failed"
+    if done:
+        row.update(_results(run_dir))
+    else:
+        row["reason"] = f"ttrl run exited with status {code}; {see}"
 
 
 def _stem(model: str | None) -> str:

@@ -171,6 +171,32 @@ class GRPOPolicy:
         """The adapter (LoRA) or full weights, plus the tokenizer, loadable with ``from_pretrained``."""
         self.trainer.save_model(str(path))
 
+    # The transformers TrainerState counters TRL's update reads or reports (``train/num_tokens``).
+    _COUNTERS = ("global_step", "num_input_tokens_seen", "total_flos", "epoch")
+
+    def state_dict(self) -> dict:
+        """Everything an update depends on, for checkpoints: trainable weights (the frozen base stays on
+        disk), TRL's optimizer and scheduler, and the trainer's counters."""
+        trainer = self.trainer
+        return {"weights": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+                "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
+                "counters": {k: getattr(trainer.state, k) for k in self._COUNTERS}, "micro_step": trainer._step}
+
+    def load_state_dict(self, state: dict) -> None:
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(state["weights"]) - set(params))
+        if unknown:
+            raise ValueError(f"the checkpoint holds weights this model does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value.to(params[name].device))
+        trainer = self.trainer
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.lr_scheduler.load_state_dict(state["scheduler"])
+        for key, value in state["counters"].items():
+            setattr(trainer.state, key, value)
+        trainer._step = state["micro_step"]
+
 
 def trainable_parameters(model) -> dict[str, torch.Tensor]:
     """Copies of the parameters the update may change (the LoRA ones under PEFT)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.registry import resolve, split_spec
+from engine.registry import SpecError, resolve, split_spec
 from engine.types import RolloutGroup
 
 MODES = ("enforce", "monitor")
@@ -30,7 +30,7 @@ def build_filters(specs: list[Any], registry: dict) -> list[FilterStage]:
         name, kwargs = split_spec(spec)
         mode = kwargs.pop("mode", "enforce")
         if mode not in MODES:
-            raise ValueError(f"filter {name!r}: mode must be one of {MODES}, got {mode!r}")
+            raise SpecError(f"filter {name!r}: mode must be one of {', '.join(MODES)}, got {mode!r}")
         fn = resolve({"name": name, **kwargs} if kwargs else name, registry, "filters")
         stages.append(FilterStage(name.rsplit(":", 1)[-1], fn, mode))
     return stages

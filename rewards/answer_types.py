@@ -16,7 +16,6 @@ rewards carry only the string (and pickle for Ray).
 from __future__ import annotations
 
 import functools
-import math
 import re
 
 from rewards import equivalence as eq
@@ -115,7 +114,7 @@ class NumberAnswer(MathAnswer):
         if a == b:
             return True
         x, y = eq._as_number(a), eq._as_number(b)
-        return x is not None and y is not None and (x == y or math.isclose(float(x), float(y), rel_tol=1e-6))
+        return x is not None and y is not None and eq.numbers_equal(x, y)
 
 
 class ChoiceAnswer(MathAnswer):

@@ -5,7 +5,8 @@ A majority vote (TTRL, arXiv 2504.16084, §3) is only as good as its notion of "
 
 1. ``normalize_answer``: a canonical string (MATH's ``strip_string`` conventions: no ``$``, no
    ``\\left``, ``\\dfrac`` -> ``\\frac``, no degrees/percent/trailing units, ``14.0`` -> ``14``, ...).
-2. Exact numbers: ints, decimals and simple fractions compared as values (relative tolerance 1e-6).
+2. Exact numbers: ints, decimals and simple fractions compared as values (``numbers_equal``: exact,
+   but a rounded decimal matches a fraction without a finite expansion, ``0.333333`` = ``1/3``).
    Closed forms (``3\\sqrt{13}``, ``\\frac{\\pi}{2}``, ``6-5i``) likewise, by ``rewards.closed_form``; a
    number is never equal to a tuple/interval or to an expression with a free variable.
 3. math-verify (HuggingFace, ``parse`` + ``verify``, symbolic via sympy) for everything else.
@@ -138,6 +139,30 @@ def _as_number(s: str) -> Fraction | float | None:
     return None
 
 
+def numbers_equal(x: Fraction, y: Fraction) -> bool:
+    """Two exact values (from ``_as_number``): equal, or one has no finite decimal expansion (``1/3``) and
+    the other rounds it (``0.333333``, within a relative 1e-6). Two numbers that decimals write exactly
+    are compared exactly, so ``999999`` is not ``1000000`` and ``1.000001`` is not ``1.000002``.
+
+    >>> numbers_equal(Fraction("0.333333"), Fraction(1, 3)), numbers_equal(Fraction(999999), Fraction(10**6))
+    (True, False)
+    """
+    if x == y:
+        return True
+    if _terminates(x) and _terminates(y):
+        return False
+    return math.isclose(float(x), float(y), rel_tol=1e-6)
+
+
+def _terminates(x: Fraction) -> bool:
+    """Whether ``x`` has a finite decimal expansion: its denominator has no prime factor but 2 and 5."""
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
 class _Deadline(BaseException):
     """Raised by our SIGALRM handler; a BaseException so math-verify's ``except Exception`` lets it out."""
 
@@ -230,7 +255,7 @@ def _tiers(a: str, b: str) -> bool:
         return True
     x, y = _as_number(a), _as_number(b)
     if x is not None and y is not None:
-        return x == y or math.isclose(float(x), float(y), rel_tol=1e-6)
+        return numbers_equal(x, y)
     if is_structured(a) != is_structured(b):  # one value against several (tuple, set, interval, \pm)
         return False
     u, v = closed_form_value(a), closed_form_value(b)

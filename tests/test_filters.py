@@ -120,6 +120,12 @@ class RecordingPolicy:
     def save(self, path):
         path.mkdir(parents=True, exist_ok=True)
 
+    def state_dict(self):
+        return {"batches": list(self.batches)}
+
+    def load_state_dict(self, state):
+        self.batches = list(state["batches"])
+
 
 def loop_run(tmp_path, unanimous, n_tasks, *options):
     from engine.config import parse_config

@@ -106,7 +106,7 @@ def test_prepare_empty_list():
 def test_too_long_error_names_task_and_lengths():
     tasks = make_tasks("2", "What is 2 + 2 ?", "What is 2 ?")  # 2, 7 and 5 tokens with <s>
     with pytest.raises(DataError) as info:
-        prepare_tasks(tasks, make_tokenizer(), template="{question}", max_prompt_tokens=4)
+        prepare_tasks(tasks, make_tokenizer(), template="{question}", max_prompt_tokens=4, on_too_long="error")
     msg = str(info.value)
     assert "'t1'" in msg and "7 tokens" in msg and "max_prompt_tokens=4" in msg and "2 of 3" in msg
 

@@ -1,0 +1,101 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped, written atomically.
+
+A TTRL run on a real model takes hours (80 episodes over AIME); a machine that dies at hour three
+must not cost three hours. ``save`` writes ``RUN_DIR/checkpoint/`` with
+
+- ``state.pt``: the policy's ``state_dict()`` (``GRPOPolicy``: the trainable weights — the LoRA
+  adapter's, or every weight under full fine-tuning — TRL's optimizer and scheduler state and the
+  trainer's step counters) and every RNG the run draws from (the loop's ``random.Random``, Python's,
+  NumPy's, torch's CPU and CUDA generators);
+- ``loop.json``: the position in the prompt stream (episode, this episode's shuffled order, index),
+  the step count, cumulative compute, the metrics history (so ``metrics.jsonl`` can be cut back to it)
+  and the filters' own state (GRESO's per-prompt streaks and its adapted ``p``).
+
+Atomicity: the new checkpoint is written into a temporary folder, flushed to disk, then swapped in by
+two renames (``checkpoint`` → ``checkpoint.old``, temporary → ``checkpoint``) before the old one is
+deleted. A kill at any instant leaves ``checkpoint`` or ``checkpoint.old`` complete, and ``load``
+takes whichever is there. The weights of the frozen base model are never written: they are on disk.
+
+Resuming restores the RNG states, so with the transformers sampler on CPU a resumed run takes the very
+same random draws as one never interrupted and writes identical metrics (``tests/test_checkpoint.py``
+checks this with a SIGKILL mid-run). The vLLM sampler's engine RNG lives in its own process and is not
+captured: a resumed vLLM run continues correctly but samples different rollouts from that point on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NAME = "checkpoint"
+
+
+def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict) -> dict[str, float]:
+    """Write the checkpoint for the step just finished; returns ``checkpoint/seconds`` and ``checkpoint/mb``."""
+    start = time.perf_counter()
+    final, old = out_dir / NAME, out_dir / f"{NAME}.old"
+    for stale in out_dir.glob(f".{NAME}.tmp-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_dir / f".{NAME}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    state = {
+        "policy": policy.state_dict(),
+        "rng": {"loop": rng.getstate(), "python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    _write(tmp / "state.pt", lambda f: torch.save(state, f))
+    _write(tmp / "loop.json", lambda f: f.write(json.dumps(loop_state, default=str).encode("utf-8")))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    size = sum(p.stat().st_size for p in final.iterdir())
+    return {"checkpoint/seconds": time.perf_counter() - start, "checkpoint/mb": size / 2**20}
+
+
+def find(out_dir: Path) -> Path | None:
+    """The complete checkpoint in ``out_dir`` (``checkpoint``, else ``checkpoint.old``), or None."""
+    for name in (NAME, f"{NAME}.old"):
+        path = out_dir / name
+        if (path / "state.pt").exists() and (path / "loop.json").exists():
+            return path
+    return None
+
+
+def load(path: Path, *, policy, rng: random.Random) -> dict:
+    """Restore the policy (``policy.load_state_dict``) and every RNG from ``path``; returns the loop state."""
+    state = torch.load(path / "state.pt", weights_only=False)
+    policy.load_state_dict(state["policy"])
+    rngs = state["rng"]
+    rng.setstate(rngs["loop"])
+    random.setstate(rngs["python"])
+    np.random.set_state(rngs["numpy"])
+    torch.set_rng_state(rngs["torch"])
+    if rngs["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rngs["cuda"])
+    return json.loads((path / "loop.json").read_text(encoding="utf-8"))
+
+
+def _write(path: Path, write) -> None:
+    with path.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
