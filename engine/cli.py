@@ -101,11 +101,13 @@ def cmd_run(argv: list[str]) -> int:
 
     from engine import checkpoint
     from engine.build import build
-    from engine.config import ConfigError, check_output_dir, config_differences, parse_config, saved_options
+    from engine.config import (ConfigError, check_output_dir, config_differences, parse_config, saved_options,
+                               split_options)
     from engine.loop import run
     from engine.report import before_after_table
 
-    argv, resume = _pop_option(argv, "--resume")
+    own, argv = split_options(argv, ("resume",))
+    resume = own["resume"][-1] if own else None
     if resume is not None:
         if argv and not argv[0].startswith("-"):
             raise ConfigError(f"--resume {resume} takes the run's own config; drop the config file {argv[0]}")
@@ -139,25 +141,6 @@ def cmd_run(argv: list[str]) -> int:
     print(before_after_table(summary["before"], summary["after"]))
     print(f"\n{summary['compute']['steps']} steps in {time.perf_counter() - start:.0f} s; report: {out_dir / 'report.md'}")
     return 0
-
-
-def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
-    """``argv`` without ``name VALUE`` (or ``name=VALUE``), and the value (None when absent)."""
-    rest, value, i = [], None, 0
-    while i < len(argv):
-        if argv[i] == name:
-            if i + 1 >= len(argv):
-                from engine.config import ConfigError
-
-                raise ConfigError(f"{name} needs a value (a run directory)")
-            value, i = argv[i + 1], i + 2
-            continue
-        if argv[i].startswith(name + "="):
-            value = argv[i].split("=", 1)[1]
-        else:
-            rest.append(argv[i])
-        i += 1
-    return rest, value
 
 
 def cmd_eval(argv: list[str]) -> int:

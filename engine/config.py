@@ -153,6 +153,26 @@ def _parser_error(parser, message: str):
     raise ConfigError(f"{message}; {hint}")
 
 
+def split_options(argv: list[str], names: tuple[str, ...], flags: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """Pull ``--name value`` / ``--name=value`` (repeatable, as lists) and bare ``--flag``s out of ``argv``."""
+    own: dict[str, list[str] | bool] = {}
+    rest, i = [], 0
+    while i < len(argv):
+        key, eq, value = argv[i].removeprefix("--").partition("=")
+        if argv[i].startswith("--") and key in flags and not eq:
+            own[key] = True
+        elif argv[i].startswith("--") and key in names:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"--{key} needs a value")
+                value, i = argv[i + 1], i + 1
+            own.setdefault(key, []).append(value)
+        else:
+            rest.append(argv[i])
+        i += 1
+    return own, rest
+
+
 def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
     """A flat mapping of option names to values; unknown keys are an error naming them."""
     return read_mapping(path, known, what="config file", item="option", hint="see `ttrl run --help` for the options",
@@ -243,22 +263,22 @@ def saved_options(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--resume {run_dir}: {path} is not valid YAML: {err}") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume {run_dir}: {path} does not hold a mapping of options")
-    flat = {k: v for k, v in saved.items() if k != "grpo"}
-    flat.update(saved.get("grpo") or {})
     defaults = {a.dest: a.default for a in make_parser()._actions if a.dest != "help"}
-    return {k: v for k, v in flat.items()
-            if k in defaults and k not in _DERIVED and not k.endswith("_token") and v != defaults[k]}
+    return {k: v for k, v in _flat_options(saved).items() if k in defaults and k not in _DERIVED and v != defaults[k]}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Names of the options (``Config.to_dict`` form) whose values differ, bar ``RESUMABLE_CHANGES``."""
-    def flat(d):
-        out = {k: v for k, v in d.items() if k != "grpo"}
-        out.update({k: v for k, v in (d.get("grpo") or {}).items() if not k.endswith("_token")})
-        return out
-
-    a, b = flat(saved), flat(current)
+    a, b = _flat_options(saved), _flat_options(current)
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+
+
+def _flat_options(d: dict[str, Any]) -> dict[str, Any]:
+    """``Config.to_dict`` form (TRL's fields under ``grpo``) as one flat mapping of option names, without
+    the ``*_token`` fields (``GRPOConfig.to_dict`` masks them: never a value to compare or restore)."""
+    out = {k: v for k, v in d.items() if k != "grpo"}
+    out.update({k: v for k, v in (d.get("grpo") or {}).items() if not k.endswith("_token")})
+    return out
 
 
 _SPEC_OPTIONS = {"reward", "selector", "filters"}  # a name, or (in YAML) a mapping or list of specs

@@ -28,31 +28,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from engine.config import split_options
 from engine.ray_suite import ClusterError
 
 SUBMIT_OPTIONS = ("address", "working_dir", "pip", "env", "num_cpus", "num_gpus")
 EXCLUDES = [".git", ".venv*", "runs", "__pycache__", "*.pyc", ".pytest_cache", "checkpoint"]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-
-
-def split_options(argv: list[str], names: tuple[str, ...], flags: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
-    """Pull ``--name value`` / ``--name=value`` (repeatable, as lists) and bare ``--flag``s out of ``argv``."""
-    own: dict[str, list[str] | bool] = {}
-    rest, i = [], 0
-    while i < len(argv):
-        key, eq, value = argv[i].removeprefix("--").partition("=")
-        if argv[i].startswith("--") and key in flags and not eq:
-            own[key] = True
-        elif argv[i].startswith("--") and key in names:
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ClusterError(f"--{key} needs a value")
-                value, i = argv[i + 1], i + 1
-            own.setdefault(key, []).append(value)
-        else:
-            rest.append(argv[i])
-        i += 1
-    return own, rest
 
 
 def client(address: str | None):
