@@ -175,7 +175,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 # 4. GRPO update (TRL), KL-anchored to the base model. The sampler then holds the
                 #    updated weights, so the next batch is sampled from the adapted policy.
                 start = time.perf_counter()
-                row.update(policy.update(batch))
+                row.update(policy.update(batch, grad_filter=getattr(select, "grad_filter", None)))
                 row.update(sampler.load_weights(policy.model) or {})  # vLLM reports time/weight_sync_s
                 row["time/update_s"] = time.perf_counter() - start
                 row["update/skipped"] = 0

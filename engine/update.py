@@ -129,8 +129,11 @@ class GRPOPolicy:
         }
         return out
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One optimizer step (or ``num_iterations`` of them, GRPO's μ) on ``batch``; TRL's metrics back."""
+    def update(self, batch: Batch, grad_filter=None) -> dict[str, float]:
+        """One optimizer step (or ``num_iterations`` of them, GRPO's μ) on ``batch``; TRL's metrics back.
+
+        ``grad_filter`` (the influence selector's update stage) sees every micro-batch's per-row gradients
+        after its backward and may take rows out of ``.grad`` before the optimizer steps."""
         args, trainer = self.args, self.trainer
         # Fewer groups than configured is fine (filters may leave a short batch at the end of a run);
         # TRL needs whole groups split evenly over the gradient-accumulation steps.
@@ -146,7 +149,10 @@ class GRPOPolicy:
         try:
             micro_steps = args.steps_per_generation * args.num_iterations
             for micro in range(micro_steps):
-                losses.append(trainer.training_step(trainer.model, rows, None).item())
+                if grad_filter is None:
+                    losses.append(trainer.training_step(trainer.model, rows, None).item())
+                else:
+                    losses.append(self._filtered_step(rows, grad_filter).item())
                 if (micro + 1) % args.gradient_accumulation_steps == 0:
                     self._optimizer_step()
         finally:
@@ -155,7 +161,30 @@ class GRPOPolicy:
         trainer._metrics["train"].clear()
         metrics["train/loss"] = sum(losses) / len(losses)
         metrics["train/lr"] = trainer.lr_scheduler.get_last_lr()[0]
+        if grad_filter is not None:
+            metrics.update(grad_filter.last_metrics)
         return metrics
+
+    def _filtered_step(self, rows, grad_filter):
+        """One micro-step with per-row gradients recorded during TRL's own backward and handed, with the
+        rows' advantages (TRL shuffles rows between micro-batches, so they are read from its inputs), to
+        ``grad_filter.filter_gradients``."""
+        trainer = self.trainer
+        seen = {}
+        compute_loss = trainer.compute_loss
+
+        def reading_advantages(model, inputs, *args, **kwargs):
+            seen["advantages"] = inputs["advantages"]
+            return compute_loss(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = reading_advantages
+        try:
+            with grad_filter.capture(trainer.model) as recorded:
+                loss = trainer.training_step(trainer.model, rows, None)
+        finally:
+            del trainer.compute_loss                   # the class's own method again
+        grad_filter.filter_gradients(recorded, seen["advantages"], self)
+        return loss
 
     def _optimizer_step(self) -> None:
         trainer = self.trainer

@@ -76,7 +76,7 @@ def test_prefers_the_rollout_whose_gradient_agrees_with_a_labeled_target(tiny_mo
     group = group_of(tok, ["75", "2"], [0.0, 1.0])          # first_k would train on the wrong "75"
     aligned = {}
     for loss in ("pg", "nll"):
-        sel = InfluenceSelector(target="labeled", labeled_path=str(target), loss=loss)
+        sel = InfluenceSelector(target="labeled", labeled_path=str(target), loss=loss, stage="rollouts")
         assert sel.select_batch([group], 1, fake_policy(model, tok)) == [[1]]
         wrong, right = aligned[loss] = sel.last_alignment[0]
         assert right == pytest.approx(1.0, abs=1e-4)          # same sequence as the target: cosine 1
@@ -115,10 +115,11 @@ def test_k_distinct_indices_in_range_for_every_setting(tiny_model, tmp_path):
     opt.step()
     opt.zero_grad(set_to_none=True)
     policy = fake_policy(model, tok, optimizer=opt, temperature=0.8)
-    settings = [{}, {"target": "leave_one_out"}, {"target": "agree", "keep": "top_fraction", "fraction": 0.3},
-                {"project_dim": 16, "precondition": False}, {"loss": "nll", "max_rows_per_backward": 5}]
+    settings = [{"precondition": True}, {"target": "leave_one_out"},
+                {"target": "agree", "keep": "top_fraction", "fraction": 0.3, "precondition": True},
+                {"project_dim": 16}, {"loss": "nll", "max_rows_per_backward": 5}]
     for kwargs in settings:
-        sel = resolve({"name": "influence", **kwargs}, SELECTORS, "selectors")
+        sel = resolve({"name": "influence", "stage": "rollouts", **kwargs}, SELECTORS, "selectors")
         for k in (1, 3, 6):
             picks = sel.select_batch(groups, k, policy)
             assert len(picks) == len(groups)
@@ -126,12 +127,12 @@ def test_k_distinct_indices_in_range_for_every_setting(tiny_model, tmp_path):
         m = sel.last_metrics
         assert set(m) >= {f"filters/influence/{x}" for x in ("mean_alignment", "kept_fraction", "negative_fraction",
                                                               "filled_fraction", "time_s")}
-        assert m["filters/influence/preconditioned"] == float(kwargs.get("precondition", True))
+        assert m["filters/influence/preconditioned"] == float(kwargs.get("precondition", False))
         if kwargs.get("loss", "pg") == "pg":
             assert sel.last_alignment[-1] == [0.0] * 6               # unanimous group: no influence
     assert all(p.grad is None for p in params)                       # the optimizer's grads untouched
     # fill="repeat": only survivors (alignment >= 0) are trained on, repeated to k.
-    sel = InfluenceSelector(fill="repeat")
+    sel = InfluenceSelector(fill="repeat", stage="rollouts")
     for picks, align in zip(sel.select_batch(groups, 6, policy), sel.last_alignment):
         assert len(picks) == 6 and all(0 <= i < 6 for i in picks)
         if any(a >= 0 for a in align):
@@ -140,3 +141,149 @@ def test_k_distinct_indices_in_range_for_every_setting(tiny_model, tmp_path):
         sel(groups[0], 2)
     with pytest.raises(ValueError, match="target"):
         InfluenceSelector(target="nope")
+
+
+# ---- stage "update": per-row gradients from the update's own backward ------------------------------
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_per_row_gradients_recorded_in_a_batched_backward_equal_one_row_at_a_time(tiny_model, lora):
+    from filters.per_sample import LinearGradients
+
+    model = load(tiny_model, lora)
+    model.train(False)
+    layers = hooked_modules(model, None)
+    rows = [([1, 5, 6, 17], [7, 8, 2]), ([1, 9], [10, 11, 12, 13, 14, 2]), ([1, 5, 6, 17, 20, 21], [15])]
+    weights = torch.tensor([0.7, -1.3, 2.0])                  # per-row loss coefficients, signs mixed
+    from filters.influence import _pad
+
+    ids, attn, pos, C = _pad(rows, 0)
+    model.zero_grad(set_to_none=True)
+    with LinearGradients(layers) as rec:
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -C - 1:-1]
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, -C:, None])[..., 0]
+        mask = attn[:, -C:].float()
+        ((logp * mask).sum(1) / mask.sum(1) * weights).sum().backward()
+    assert rec.rows() == 3 and rec.recorded == list(range(len(layers)))
+    # Both representations: LoRA r=4 layers materialised per row, full 64-wide layers kept as factors.
+    assert (bool(rec.dense) and not rec.factors) if lora else (bool(rec.factors) and not rec.dense)
+    for j, (_, m) in enumerate(layers):                       # the rows add up to autograd's own .grad
+        torch.testing.assert_close(rec.row_gradient(j).sum(0), m.weight.grad, rtol=1e-4, atol=1e-6)
+    # Norms, weighted sums and dot products from either representation equal those of the explicit rows.
+    from filters.influence import DenseFeatures
+
+    js = rec.recorded
+    feats, dense = rec.features(js), DenseFeatures([rec.row_gradient(j).flatten(1) for j in js])
+    torch.testing.assert_close(feats.sq_norms(), dense.sq_norms(), rtol=1e-4, atol=1e-8)
+    w = torch.tensor([0.5, -1.0, 2.0])
+    for got, want in zip(feats.weighted_sum(w), dense.weighted_sum(w)):
+        torch.testing.assert_close(got.flatten(), want, rtol=1e-4, atol=1e-7)
+    t = [torch.randn(m.weight.shape, generator=torch.Generator().manual_seed(j)) for j, (_, m) in enumerate(layers)]
+    torch.testing.assert_close(feats.dots(t), dense.dots(t), rtol=1e-4, atol=1e-6)
+    for i, (prompt, completion) in enumerate(rows):
+        ref = weights[i] * one_at_a_time(model, layers, prompt, completion, 1.0)
+        got = torch.cat([rec.row_gradient(j)[i].flatten() for j in range(len(layers))])
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+class GradSpy:
+    """Stands where GRPOPolicy.update expects a grad filter; records .grad before and after the filter."""
+
+    def __init__(self, selector):
+        self.selector, self.calls = selector, []
+
+    def capture(self, model):
+        return self.selector.capture(model)
+
+    def filter_gradients(self, rec, advantages, policy):
+        grads = lambda: [m.weight.grad.clone() for _, m in rec.layers]   # noqa: E731
+        before = grads()
+        self.selector.filter_gradients(rec, advantages, policy)
+        self.calls.append({"before": before, "after": grads(), "rec": rec, "adv": advantages.clone(),
+                           "keep": self.selector.last_keep.clone(), "alignment": self.selector.last_alignment[0]})
+
+    @property
+    def last_metrics(self):
+        return self.selector.last_metrics
+
+
+@pytest.mark.parametrize("lora, precondition", [(True, False), (False, False), (True, True)])
+def test_update_stage_takes_dropped_rows_out_of_trls_gradient(tiny_model, tiny_data, tmp_path, lora, precondition):
+    """Through the real TRL update: the recorded rows sum to TRL's .grad, and after the filter .grad is
+    exactly the kept rows' sum; rows of negative alignment are the dropped ones, zero-advantage rows stay."""
+    from engine.build import build
+    from engine.config import parse_config
+    from engine.update import Batch
+
+    cfg = parse_config(["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
+                        "--n_votes", "4", "--n_train", "4", "--prompts_per_step", "4", "--lora", str(lora).lower(),
+                        "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "o"),
+                        "--progress", "false", "--max_completion_length", "6", "--learning_rate", "0.01"])
+    torch.manual_seed(0)
+    _, tasks, policy, _ = build(cfg)
+    tok = policy.trainer.processing_class
+    # Two groups push "12" up and "7"/"305" down; a third, on the same prompt, pushes the other way: its
+    # rows point against the batch's gradient. The fourth is unanimous (zero advantage).
+    texts, q = ["12", "7", "12", "305"], tasks[0].question
+    groups = [group_of(tok, texts, [1.0, 0.0, 1.0, 0.0], prompt=q), group_of(tok, texts, [1.0, 0.0, 1.0, 0.0], prompt=q),
+              group_of(tok, texts, [0.0, 1.0, 0.0, 1.0], prompt=q),
+              group_of(tok, ["9", "9", "9", "9"], [1.0] * 4, prompt=tasks[2].question)]
+    sel = InfluenceSelector(precondition=precondition)
+    picks = sel.select_batch(groups, 4, policy)
+    assert picks == [[0, 1, 2, 3]] * 4 and sel.grad_filter is sel
+    spy = GradSpy(sel)
+    for _ in range(2):                              # the second update has Adam state to precondition with
+        sel.select_batch(groups, 4, policy)
+        metrics = policy.update(Batch.from_groups(groups, picks), grad_filter=spy)
+    assert len(spy.calls) == 2
+    for n, call in enumerate(spy.calls):
+        rec, keep, a = call["rec"], call["keep"], torch.tensor(call["alignment"])
+        active = call["adv"].cpu() != 0
+        assert int(active.sum()) == 12                               # the unanimous group has no advantage
+        assert keep[~active].all()
+        assert torch.equal(keep[active], a[active] >= 0)
+        if n == 0:
+            assert int((~keep).sum()) >= 4, "the contrary group's rows point against the batch; they are dropped"
+        for j in range(len(rec.layers)):
+            torch.testing.assert_close(call["before"][j], rec.row_gradient(j).sum(0), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(call["after"][j], rec.row_gradient(j)[keep].sum(0), rtol=1e-4, atol=1e-6)
+    assert lora or spy.calls[0]["rec"].factors       # full layers over short rows are kept as factors
+    m = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("filters/influence/")}
+    assert m["kept_fraction"] == pytest.approx(float(keep[active].float().mean()))
+    assert m["preconditioned"] == float(precondition)
+    assert m["zero_advantage_fraction"] == pytest.approx(4 / 16)
+    if lora:
+        assert m["unfiltered_param_fraction"] == 0.0
+    else:   # full fine-tuning: norms and the tied embedding are not Linear layers, reported as unfiltered
+        assert 0 < m["unfiltered_param_fraction"] < 0.1
+
+
+def test_filters_and_the_influence_selector_compose_in_one_run(tiny_model, tiny_data, tmp_path):
+    """The issue's composition, through `ttrl run` on a YAML config, as a user writes it."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "composed.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "data": str(tiny_data), "template": "{question}", "n_votes": 6, "n_train": 3,
+        "prompts_per_step": 2, "episodes": 2, "max_completion_length": 6, "eval_k": 2, "progress": False,
+        "learning_rate": 0.01, "output_dir": str(tmp_path / "run"),
+        "filters": ["zero_variance", {"name": "consensus", "low": 0.3, "mode": "monitor"}, "history_skip"],
+        "selector": {"name": "influence", "pool": "max_variance"},
+    }))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(config)], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if not r["update/skipped"]]
+    assert trained, "some step must have trained"
+    for r in trained:
+        assert 0 <= r["filters/influence/kept_fraction"] <= 1 and r["filters/influence/time_s"] > 0
+        assert r["filters/influence/unfiltered_param_fraction"] == 0.0          # LoRA: every row filtered exactly
+    sampled = [r for r in rows if r["prompts/sampled"]]
+    assert all(r["filters/consensus/checked"] == r["filters/zero_variance/checked"] for r in sampled)
+    assert all("filters/history_skip/p" in r for r in rows)
