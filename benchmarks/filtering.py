@@ -35,11 +35,19 @@ CONFIGS: dict[str, dict] = {
     "zero_variance": {"filters": ["zero_variance"], **LONGER},
     "history_skip": {"filters": ["zero_variance", "history_skip"], **LONGER},
     "max_variance": {"selector": "max_variance", **LONGER},
+    # The update stage (default): DTV's batch-gradient target, rows of negative alignment dropped.
     "influence": {"selector": {"name": "influence", "target": "batch_mean", "keep": "drop_negative"}, **LONGER},
-    "best": {"filters": ["zero_variance", "history_skip"], "selector": "max_variance", **LONGER},
+    # Control for "best": plain TTRL (first_k) at half the vote budget, 16 votes / train on 8.
+    "half_votes": {"n_votes": 16, "n_train": 8, **LONGER},
+    # PODS down-sampling at half the vote budget: the 8 of 16 rollouts with the largest reward variance.
+    "best": {"n_votes": 16, "n_train": 8, "selector": "max_variance", **LONGER},
+    # Ablation: without the KL term (beta 0) a unanimous group adds nothing to plain TTRL's gradient but
+    # its tokens in TRL's loss normaliser; does dropping it (no refill: same prompts, same steps) still cost?
+    "plain_beta0": {"beta": 0.0},
+    "zero_variance_beta0": {"filters": ["zero_variance"], "max_refill_rounds": 0, "beta": 0.0},
 }
 NOISY = {"plain": {}, "max_variance": {"selector": "max_variance"},
-         "influence": {"selector": {"name": "influence", "target": "agree", "keep": "drop_negative"}}}
+         "influence": {"selector": {"name": "influence", "target": "batch_mean", "keep": "drop_negative"}}}
 
 
 def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dict:
