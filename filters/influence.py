@@ -200,12 +200,13 @@ class DenseFeatures:
         return sum(F @ tj.to(F).flatten() for F, tj in zip(self.blocks, t))
 
 
-def cosines(feats, target: str, t: list[torch.Tensor] | None = None) -> torch.Tensor:
+def cosines(feats, target: str, t: list[torch.Tensor] | None = None, sq: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) cosine of each row's feature ``f_i`` with the target: ``batch_mean`` — the batch's summed
     gradient ``g = sum_j f_j`` (DTV's ``g_i . mean(g)``; ``t`` may hand it in when it is known already, as
     autograd's ``.grad`` in the update stage), ``leave_one_out`` — ``g - f_i``, or a given direction ``t``
-    (one tensor per block). Rows of norm 0 score 0. Norms and dot products only: no normalised copy."""
-    sq = feats.sq_norms().cpu()
+    (one tensor per block); ``sq``: the rows' squared norms where the caller has them already. Rows of norm
+    0 score 0. Norms and dot products only: no normalised copy."""
+    sq = feats.sq_norms().cpu() if sq is None else sq
     if t is None:
         t = feats.weighted_sum(torch.ones(len(sq)))                          # sum of the rows
     norms = sq.sqrt()
@@ -320,17 +321,18 @@ class InfluenceSelector:
                 blocks, used_adam = precondition(blocks, [layers[j][1].weight for j in js],
                                                  getattr(trainer, "optimizer", None), inplace=True)
             feats = DenseFeatures(blocks)
-        t = None
+        t = sq = None
         if self.target == "agree":    # the loss gradients of the rows that agree with the pseudo-label
-            t = feats.weighted_sum((adv > 0).float() / feats.sq_norms().sqrt().cpu().clamp(min=1e-12))
+            sq = feats.sq_norms().cpu()                                      # computed once, reused below
+            t = feats.weighted_sum((adv > 0).float() / sq.sqrt().clamp(min=1e-12))
         elif self.target == "labeled":
             t = self._labeled_target([layers[j] for j in js], policy)
         if self.project_dim:
             blocks, t = self._project(feats.blocks, t)
-            feats = DenseFeatures(blocks)
+            feats, sq = DenseFeatures(blocks), None
         if t is None and not isinstance(feats, DenseFeatures):
             t = cap.batch_gradient(js)                                       # autograd's own sum, free
-        a = cosines(feats, self.target, t)
+        a = cosines(feats, self.target, t, sq)
         active = adv != 0
         passed = keep_mask(a[active], self.keep, self.fraction)
         keep = torch.ones(len(a), dtype=torch.bool)
@@ -402,8 +404,8 @@ class InfluenceSelector:
         self._used_adam = False
         if self.precondition:
             sizes = [m.weight.numel() for _, m in layers]
-            blocks, self._used_adam = precondition(list(F.split(sizes, dim=1)), [m.weight for _, m in layers],
-                                                   getattr(trainer, "optimizer", None), inplace=True)
+            _, self._used_adam = precondition(list(F.split(sizes, dim=1)), [m.weight for _, m in layers],
+                                              getattr(trainer, "optimizer", None), inplace=True)   # F's views
             if self._used_adam:
                 F[adv == 0] = 0                                              # no update term, no influence
         blocks = [F]
