@@ -91,20 +91,22 @@ def build(cfg: Config):
     """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer."""
     from peft import LoraConfig
     from engine.sampler_hf import HFSampler
-    from engine.update import GRPOPolicy, steps_for
+    from engine.update import GRPOPolicy, optimizer_steps_for
 
+    for note in cfg.notes:  # what "auto" resolved to, and why
+        print(note)
     model_path, data, template = resolve_model_and_data(cfg)
     tokenizer = load_tokenizer(model_path)
     tasks = load_prepared_tasks(cfg, tokenizer, data, template)
     g = cfg.grpo
-    g.model_init_kwargs = {"dtype": torch_dtype(cfg.model.dtype, g.use_cpu), **(g.model_init_kwargs or {})}
     lora = None
     if cfg.model.lora:
         targets = cfg.model.lora_target_modules
         lora = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
                           target_modules=targets if targets == "all-linear" else targets.split(","),
                           task_type="CAUSAL_LM")
-    total = steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step)
+    total = optimizer_steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step, g.gradient_accumulation_steps,
+                                g.num_iterations, g.max_steps)
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,
                         sampler_is_separate_engine=cfg.ttrl.sampler == "vllm")
     if cfg.ttrl.rollout_workers > 1:  # samplers as Ray actors, prompts sharded across them

