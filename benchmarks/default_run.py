@@ -4,7 +4,8 @@ Seed 42 is the default command itself (TRL's default seed, which ``ttrl run`` ke
 ``--seed`` at all, and the run's saved config must say 42. Four more seeds (0-3) show how much of a
 gain is the seed's. Each run is the real command in a subprocess; the first goes into an empty model
 cache, so whatever a first ``ttrl run`` does before training (finding or building the demo model) is
-inside its wall time.
+inside its wall time. Each run gets one thread by default (``--threads``), so that a shared machine's
+load slows it in proportion rather than by OpenMP spin-waiting (threads_per_run in the provenance).
 
 Writes ``benchmarks/results/default_run.json`` and ``default_run.md``: greedy / avg@16 / maj@16 /
 pass@16 before and after per seed; their mean, the worst seed (smallest greedy gain) and the spread of
@@ -36,9 +37,11 @@ DEFAULT_SEED = 42           # `ttrl run`'s seed when none is given (GRPOConfig's
 GREEDY_TARGET_POINTS = 10.0  # the project's target: TTRL lifts greedy accuracy by >= 10 points
 
 
-def run_seed(seed: int, cache: Path, out: Path, extra: list[str]) -> dict:
+def run_seed(seed: int, cache: Path, out: Path, extra: list[str], threads: int | None) -> dict:
     """One `ttrl run` (no ``--seed`` for the default seed: the default command exactly) and its figures."""
     env = {**os.environ, "TTRL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     seed_args = [] if seed == DEFAULT_SEED else ["--seed", str(seed)]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", *seed_args, "--output_dir", str(out),
@@ -121,14 +124,17 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED, 0, 1, 2, 3])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS of each run (0: torch's default). On a shared machine two threads spin-wait "
+                         "for each other: a 0.5-minute run took over 10 here under a load of 4, one thread does not")
     ap.add_argument("extra", nargs="*", help="extra `ttrl run` options, after --")
     args = ap.parse_args(argv)
-    record = provenance.collect(__file__, argv)
+    record = provenance.collect(__file__, argv, threads_per_run=args.threads or None)
     work = Path(tempfile.mkdtemp(prefix="ttrl-bench-"))
     cache = work / "cache"  # empty: the first seed pays for whatever a first run does before training
     rows = []
     for seed in args.seeds:
-        rows.append(run_seed(seed, cache, work / f"seed{seed}", args.extra))
+        rows.append(run_seed(seed, cache, work / f"seed{seed}", args.extra, args.threads))
         r = rows[-1]
         print(f"seed {seed}: " + "  ".join(f"{k[9:]} {100 * r['before'][k]:.1f}->{100 * r['after'][k]:.1f}"
                                           for k in KEYS) + f"  ({r['minutes']:.2f} min)", flush=True)
