@@ -43,6 +43,7 @@ TARGET = "accuracy/avg@16"
 FINAL = ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")
 TOLERANCE = 0.01  # "reached" = within 1 point of plain's mean final avg@16
 INFLUENCE = {"name": "influence", "target": "batch_mean", "keep": "drop_negative"}
+INFLUENCE_KEPT = "filters/influence/kept_fraction"  # logged per step by filters.influence
 
 # All at the demo preset's 12 episodes (the same prompt budget); only what differs from plain is listed.
 CONFIGS: dict[str, dict] = {
@@ -66,9 +67,10 @@ NOISY = ("plain", "plain_b", "max_variance", "influence")
 
 
 def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dict:
-    """Run one configuration and seed (or reuse its finished run directory under ``work``)."""
+    """Run one configuration and seed (or reuse its finished run directory under ``work``: ``reused``)."""
     out = work / f"{name}-s{seed}"
-    if not (out / "summary.json").exists():
+    reused = (out / "summary.json").exists()
+    if not reused:
         shutil.rmtree(out, ignore_errors=True)  # an interrupted run: start it afresh
         cfg = {"eval_every": 4, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
         cfg_file = work / f"{name}-s{seed}.yaml"
@@ -77,7 +79,7 @@ def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dic
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-4000:]}")
-    return collect(name, seed, out)
+    return {**collect(name, seed, out), "reused": reused}
 
 
 def collect(name: str, seed: int, out: Path) -> dict:
@@ -103,6 +105,9 @@ def collect(name: str, seed: int, out: Path) -> dict:
         "groups_trained": sum(r.get("groups/trained", 0) for r in rows),
         "prompts_sampled": sum(r.get("prompts/sampled", 0) for r in rows),
         "prompts_skipped": sum(r.get("prompts/skipped", 0) for r in rows),
+        # influence selector (update stage): share of trained rows kept in the gradient, mean over steps
+        "influence_kept_fraction": statistics.mean(kept) if (kept := [r[INFLUENCE_KEPT] for r in rows
+                                                                      if INFLUENCE_KEPT in r]) else None,
     }
 
 
@@ -152,6 +157,8 @@ def summarize(runs: list[dict]) -> dict:
             "tokens_x_plain": tokens / plain_tokens,
             "seconds": seconds, "seconds_x_plain": seconds / plain_seconds,
             "steps": statistics.mean(r["steps"] for r in rs),
+            "influence_kept_fraction": (statistics.mean(r["influence_kept_fraction"] for r in rs)
+                                        if all(r["influence_kept_fraction"] is not None for r in rs) else None),
             "reached": sum(not math.isinf(t) for t in tok), "runs": len(rs),
             "median_tokens_to_reach_x_plain": median_or_none(tok),
             "median_seconds_to_reach_x_plain": median_or_none(sec),
@@ -182,6 +189,10 @@ def markdown(summary: dict, title: str) -> str:
             f"(± {100 * f[TARGET]['std']:.1f}) | {delta} | {100 * f['accuracy/maj@16']['mean']:.1f} | {row['steps']:.0f} | "
             f"{row['tokens_generated'] + row['tokens_trained']:,.0f} ({row['tokens_x_plain']:.2f}) | "
             f"{row['seconds']:.1f} ({row['seconds_x_plain']:.2f}) | {row['reached']}/{row['runs']} | {reach} |")
+    kept = {n: r["influence_kept_fraction"] for n, r in t.items() if r["influence_kept_fraction"] is not None}
+    if kept:
+        lines += [""] + [f"{n}: {100 * k:.1f}% of trained rows kept in the gradient ({100 * (1 - k):.1f}% dropped; "
+                         "mean over steps and seeds)." for n, k in kept.items()]
     return "\n".join(lines)
 
 
@@ -252,7 +263,8 @@ def main(argv=None) -> None:
     noisy_table = summarize(noisy) if noisy else None
     result = {"provenance": provenance.finish(record), "episodes": 12, "configs": CONFIGS, "seed_offset": SEED_OFFSET,
               "seeds": args.seeds, "tolerance": TOLERANCE, "summary": table, "noisy_summary": noisy_table,
-              "noise_flip": args.noise, "runs": runs, "noisy_runs": noisy}
+              "noise_flip": args.noise, "runs_reused": sum(r["reused"] for r in runs + noisy),
+              "runs": runs, "noisy_runs": noisy}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "filters.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(table, f"Demo task, equal prompt budget (12 episodes = 1,536 prompts), {len(args.seeds)} seeds each")
