@@ -7,7 +7,7 @@ five other seeds: the difference between ``plain`` and ``plain_b`` is what seed 
 is printed beside every other difference.
 
 Recorded per run: final greedy / avg@16 / maj@16, tokens generated and trained, seconds per stage, and
-the curve of avg@16 (evaluated every episode) against compute. The question "does a filter reach plain's
+the curve of avg@16 (evaluated every 2 episodes by default) against compute. The question "does a filter reach plain's
 accuracy with less compute?" is asked against one fixed target, plain's mean final avg@16 minus 1 point,
 and counted over *all* seeds: a seed that never reaches it within the budget is a miss, and the median
 compute to reach treats a miss as infinite (no median when half or more miss). Compute is counted in
@@ -49,30 +49,30 @@ INFLUENCE_KEPT = "filters/influence/kept_fraction"  # logged per step by filters
 CONFIGS: dict[str, dict] = {
     "plain": {},
     "plain_b": {},  # plain TTRL on other seeds: the noise floor of every comparison
-    # DAPO's dynamic sampling: drop groups whose rollouts all got the same reward, refill from further prompts.
-    "zero_variance": {"filters": ["zero_variance"]},
-    # GRESO: also skip prompts that were unanimous in earlier episodes, before sampling them.
-    "history_skip": {"filters": ["zero_variance", "history_skip"]},
-    # PODS: train on the n_train of n_votes rollouts with the largest reward variance.
-    "max_variance": {"selector": "max_variance"},
-    # The update stage (default): DTV's batch-gradient target, rows of negative alignment dropped.
-    "influence": {"selector": INFLUENCE},
     # PODS at half the vote budget: the 8 of 16 rollouts with the largest reward variance.
     "best": {"n_votes": 16, "n_train": 8, "selector": "max_variance"},
     # Control for "best": plain TTRL (first 8 of 16) at that budget.
     "half_votes": {"n_votes": 16, "n_train": 8},
+    # PODS: train on the n_train of n_votes rollouts with the largest reward variance.
+    "max_variance": {"selector": "max_variance"},
+    # The update stage (default): DTV's batch-gradient target, rows of negative alignment dropped.
+    "influence": {"selector": INFLUENCE},
+    # DAPO's dynamic sampling: drop groups whose rollouts all got the same reward, refill from further prompts.
+    "zero_variance": {"filters": ["zero_variance"]},
+    # GRESO: also skip prompts that were unanimous in earlier episodes, before sampling them.
+    "history_skip": {"filters": ["zero_variance", "history_skip"]},
 }
 SEED_OFFSET = {"plain_b": 100}  # plain_b runs seeds 100-104 against plain's 0-4
 NOISY = ("plain", "plain_b", "max_variance", "influence")
 
 
-def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dict:
+def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict, eval_every: int) -> dict:
     """Run one configuration and seed (or reuse its finished run directory under ``work``: ``reused``)."""
     out = work / f"{name}-s{seed}"
     reused = (out / "summary.json").exists()
     if not reused:
         shutil.rmtree(out, ignore_errors=True)  # an interrupted run: start it afresh
-        cfg = {"eval_every": 4, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
+        cfg = {"eval_every": eval_every, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
         cfg_file = work / f"{name}-s{seed}.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
         proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(cfg_file)], env=env,
@@ -217,11 +217,12 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_all(jobs: list[tuple[str, dict, int]], work: Path, env: dict, parallel: int, label: str) -> list[dict]:
+def run_all(jobs: list[tuple[str, dict, int]], work: Path, env: dict, parallel: int, eval_every: int,
+            label: str) -> list[dict]:
     """Run (name, overrides, seed) jobs, ``parallel`` at a time; results in job order."""
     def one(job):
         name, overrides, seed = job
-        r = run_one(name, overrides, seed, work, env)
+        r = run_one(name, overrides, seed, work, env, eval_every)
         print(f"{label}{name} seed {seed}: avg@16 {100 * r['final'][TARGET]:.1f} greedy "
               f"{100 * r['final']['accuracy/greedy']:.1f} tokens {r['tokens_generated'] + r['tokens_trained']:,} "
               f"({r['wall_s']:.0f} s)", flush=True)
@@ -238,6 +239,7 @@ def main(argv=None) -> None:
     ap.add_argument("--noise", type=float, default=0.2, help="fraction of pseudo-labels flipped (0: skip)")
     ap.add_argument("--noisy-configs", nargs="*", default=list(NOISY), help="configurations to repeat with label noise")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--eval-every", type=int, default=8, help="steps between avg@16 evaluations (4 steps = 1 episode)")
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
     # One thread per run: every configuration is timed under the same conditions, and a busy machine
@@ -248,20 +250,20 @@ def main(argv=None) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     names = [n for n in CONFIGS if n in ("plain", "plain_b") or not args.only or n in args.only]
     seeds_of = {n: [s + SEED_OFFSET.get(n, 0) for s in args.seeds] for n in CONFIGS}
-    # seed-major order: an interrupted benchmark has every configuration on its first seeds
-    runs = run_all([(n, CONFIGS[n], s) for i in range(len(args.seeds)) for n in names for s in [seeds_of[n][i]]],
-                   work, env, args.jobs, "")
+    # configuration-major, in CONFIGS order: an interrupted benchmark has its first configurations on all seeds
+    runs = run_all([(n, CONFIGS[n], s) for n in names for s in seeds_of[n]],
+                   work, env, args.jobs, args.eval_every, "")
     noisy = []
     if args.noise > 0:
         jobs = [(f"noisy-{n}", {**CONFIGS[n], "reward": {"name": "benchmarks.noise:NoisyMajorityVote",
                                                           "flip": args.noise, "seed": s}}, s)
-                for i in range(len(args.seeds)) for n in NOISY if n in args.noisy_configs for s in [seeds_of[n][i]]]
-        noisy = run_all(jobs, work, env, args.jobs, "")
+                for n in NOISY if n in args.noisy_configs for s in seeds_of[n]]
+        noisy = run_all(jobs, work, env, args.jobs, args.eval_every, "")
         for r in noisy:
             r["config"] = r["config"].removeprefix("noisy-")
     table = summarize(runs)
     noisy_table = summarize(noisy) if noisy else None
-    result = {"provenance": provenance.finish(record), "episodes": 12, "configs": CONFIGS, "seed_offset": SEED_OFFSET,
+    result = {"provenance": provenance.finish(record), "episodes": 12, "eval_every": args.eval_every, "configs": CONFIGS, "seed_offset": SEED_OFFSET,
               "seeds": args.seeds, "tolerance": TOLERANCE, "summary": table, "noisy_summary": noisy_table,
               "noise_flip": args.noise, "runs_reused": sum(r["reused"] for r in runs + noisy),
               "runs": runs, "noisy_runs": noisy}
