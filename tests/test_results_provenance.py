@@ -31,7 +31,7 @@ LEGACY = {
     "smollm2_mawps.json": "SmolLM2-135M TTRL run, ~1 h on 2 cores: not re-run in issue 14",
     "influence_overhead.json": "its SmolLM2 case takes ~10 min of a free machine: not re-run in issue 14",
     "ray.json": "needs two free cores for its parallel-efficiency bar: not re-run in issue 14",
-    "reliability.json": "a 200-step run; not re-run in issue 14 (the machine's cores were busy with the filter runs)",
+    "reliability.json": "a 200-step run; not re-run in issue 14 (shared machine at load average ~8 on 2 cores)",
     "scoring.json": "re-run by the scoring benchmark's own change (issue 14, scoring.py)",
 }
 
