@@ -3,7 +3,7 @@
 For each ``benchmarks/results/*.json``: a ``provenance`` record (benchmarks/provenance.py) naming the
 script, command, git commit, date, CPU and packages; and no key the script cannot write. A key counts as
 writable when it is a string literal in the script's source or in benchmarks/provenance.py (its
-``ast`` constants, list elements and dict keys included). Only identifier-like keys are checked
+``ast`` constants, list elements and dict keys included) or a keyword argument's name there. Only identifier-like keys are checked
 (``plain_quiet_estimate_s``, ``note``); keys with other characters are data the script copies or
 indexes by (seed numbers, metric names such as ``accuracy/avg@16``, package names). A field added by
 hand after the run is therefore caught, as long as it is named like a field.
@@ -37,9 +37,10 @@ LEGACY = {
 
 
 def string_literals(path: Path) -> set[str]:
-    """Every string constant in a Python source file."""
+    """Every string constant in a Python source file, and its keyword-argument names (``collect(x=...)``)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return ({node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+            | {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg})
 
 
 def unknown_keys(obj, allowed: set[str], where: str = "") -> list[str]:
