@@ -1,68 +1,85 @@
-"""Benchmark (the project's headline): plain TTRL against rollout filters, side by side.
+"""Benchmark: plain TTRL against rollout filters and selectors at an equal prompt budget, with plain's own noise.
 
-Each configuration runs `ttrl run` on the demo task for several seeds with an evaluation every
-episode, and records final greedy / avg@16 / maj@16, tokens generated and trained, wall seconds per
-stage, and the compute it needed to first reach plain TTRL's final avg@16 (within 1 point). Compute
-is counted two ways: tokens (generated + trained) and wall seconds (sampling + scoring + update;
-evaluation excluded). A second part repeats plain TTRL and the selectors with 20% of pseudo-labels
-flipped (``benchmarks.noise``). Writes benchmarks/results/filters.json, filters.md and filters.png.
+Every configuration runs `ttrl run` on the demo task for the demo preset's 12 episodes: the same
+prompt budget, 12 x 128 = 1,536 prompts sampled (refill rounds draw from the same budget), each
+sampled with the configuration's ``n_votes``. Five seeds each. ``plain_b`` is plain TTRL again on
+five other seeds: the difference between ``plain`` and ``plain_b`` is what seed noise alone does, and
+is printed beside every other difference.
 
-Usage: ``python -m benchmarks.filtering [--seeds 0 1 2] [--only NAME ...]``.
+Recorded per run: final greedy / avg@16 / maj@16, tokens generated and trained, seconds per stage, and
+the curve of avg@16 (evaluated every 2 episodes by default) against compute. The question "does a filter reach plain's
+accuracy with less compute?" is asked against one fixed target, plain's mean final avg@16 minus 1 point,
+and counted over *all* seeds: a seed that never reaches it within the budget is a miss, and the median
+compute to reach treats a miss as infinite (no median when half or more miss). Compute is counted in
+tokens (generated + trained: independent of machine load) and in seconds (sampling + scoring + update,
+evaluation excluded; runs are timed one thread each, two at a time on a shared machine, so seconds are
+the noisier measure). A second part repeats plain (both seed sets) and the selectors with 20% of
+pseudo-labels flipped (``benchmarks.noise``). Writes benchmarks/results/filters.json, filters.md and
+filters.png.
+
+Usage: ``python -m benchmarks.filtering [--seeds 0 1 2 3 4] [--jobs 2] [--only NAME ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
+from benchmarks import provenance
+
 RESULTS = Path(__file__).parent / "results"
 TARGET = "accuracy/avg@16"
+FINAL = ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")
+TOLERANCE = 0.01  # "reached" = within 1 point of plain's mean final avg@16
+INFLUENCE = {"name": "influence", "target": "batch_mean", "keep": "drop_negative"}
+INFLUENCE_KEPT = "filters/influence/kept_fraction"  # logged per step by filters.influence
 
-# Plain TTRL runs the demo preset's 12 episodes. Filtered runs get twice the prompt budget (24
-# episodes): what is measured is the compute each needs to *first reach* plain TTRL's final avg@16,
-# so a run that saves compute per prompt must be allowed to visit more prompts.
-LONGER = {"episodes": 24}
+# All at the demo preset's 12 episodes (the same prompt budget); only what differs from plain is listed.
 CONFIGS: dict[str, dict] = {
     "plain": {},
-    "zero_variance": {"filters": ["zero_variance"], **LONGER},
-    "history_skip": {"filters": ["zero_variance", "history_skip"], **LONGER},
-    "max_variance": {"selector": "max_variance", **LONGER},
+    "plain_b": {},  # plain TTRL on other seeds: the noise floor of every comparison
+    # PODS at half the vote budget: the 8 of 16 rollouts with the largest reward variance.
+    "best": {"n_votes": 16, "n_train": 8, "selector": "max_variance"},
+    # Control for "best": plain TTRL (first 8 of 16) at that budget.
+    "half_votes": {"n_votes": 16, "n_train": 8},
+    # PODS: train on the n_train of n_votes rollouts with the largest reward variance.
+    "max_variance": {"selector": "max_variance"},
     # The update stage (default): DTV's batch-gradient target, rows of negative alignment dropped.
-    "influence": {"selector": {"name": "influence", "target": "batch_mean", "keep": "drop_negative"}, **LONGER},
-    # Control for "best": plain TTRL (first_k) at half the vote budget, 16 votes / train on 8.
-    "half_votes": {"n_votes": 16, "n_train": 8, **LONGER},
-    # PODS down-sampling at half the vote budget: the 8 of 16 rollouts with the largest reward variance.
-    "best": {"n_votes": 16, "n_train": 8, "selector": "max_variance", **LONGER},
-    # Ablation: without the KL term (beta 0) a unanimous group adds nothing to plain TTRL's gradient but
-    # its tokens in TRL's loss normaliser; does dropping it (no refill: same prompts, same steps) still cost?
-    "plain_beta0": {"beta": 0.0},
-    "zero_variance_beta0": {"filters": ["zero_variance"], "max_refill_rounds": 0, "beta": 0.0},
+    "influence": {"selector": INFLUENCE},
+    # DAPO's dynamic sampling: drop groups whose rollouts all got the same reward, refill from further prompts.
+    "zero_variance": {"filters": ["zero_variance"]},
+    # GRESO: also skip prompts that were unanimous in earlier episodes, before sampling them.
+    "history_skip": {"filters": ["zero_variance", "history_skip"]},
 }
-NOISY = {"plain": {}, "max_variance": {"selector": "max_variance"},
-         "influence": {"selector": {"name": "influence", "target": "batch_mean", "keep": "drop_negative"}}}
+SEED_OFFSET = {"plain_b": 100}  # plain_b runs seeds 100-104 against plain's 0-4
+NOISY = ("plain", "plain_b", "max_variance", "influence")
 
 
-def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict) -> dict:
-    """Run one configuration and seed (or reuse its finished run directory under ``work``)."""
+def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict, eval_every: int) -> dict:
+    """Run one configuration and seed (or reuse its finished run directory under ``work``: ``reused``)."""
     out = work / f"{name}-s{seed}"
-    if not (out / "summary.json").exists():
+    reused = (out / "summary.json").exists()
+    if not reused:
         shutil.rmtree(out, ignore_errors=True)  # an interrupted run: start it afresh
-        cfg = {"eval_every": 4, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
+        cfg = {"eval_every": eval_every, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
         cfg_file = work / f"{name}-s{seed}.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
         proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(cfg_file)], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-4000:]}")
-    return collect(name, seed, out)
+    return {**collect(name, seed, out), "reused": reused}
 
 
 def collect(name: str, seed: int, out: Path) -> dict:
@@ -75,75 +92,107 @@ def collect(name: str, seed: int, out: Path) -> dict:
             curve.append({"avg16": r[TARGET], "tokens": r["compute/tokens/generated"] + r["compute/tokens/trained"],
                           "seconds": r["compute/time/generate_s"] + r["compute/time/reward_s"] + r["compute/time/update_s"]})
     c = summary["compute"]
-    # The final evaluation ends the curve: plain TTRL's target is its own final avg@16, so the same
-    # evaluation must be on every curve (the periodic ones are separate samples, ~1 point of noise).
+    # The final evaluation ends every curve (the periodic ones are separate samples, ~1 point of noise).
     curve.append({"avg16": summary["after"][TARGET], "tokens": c["tokens/generated"] + c["tokens/trained"],
                   "seconds": c["time/generate_s"] + c["time/reward_s"] + c["time/update_s"]})
     return {
         "config": name, "seed": seed, "wall_s": c["time/total_s"],
-        "final": {k: summary["after"][k] for k in ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")},
-        "before": {k: summary["before"][k] for k in ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")},
+        "final": {k: summary["after"][k] for k in FINAL},
+        "before": {k: summary["before"][k] for k in FINAL},
         "tokens_generated": c["tokens/generated"], "tokens_trained": c["tokens/trained"],
         "seconds": {"generate": c["time/generate_s"], "reward": c["time/reward_s"], "update": c["time/update_s"]},
         "steps": c["steps"], "curve": curve,
         "groups_trained": sum(r.get("groups/trained", 0) for r in rows),
         "prompts_sampled": sum(r.get("prompts/sampled", 0) for r in rows),
         "prompts_skipped": sum(r.get("prompts/skipped", 0) for r in rows),
+        # influence selector (update stage): share of trained rows kept in the gradient, mean over steps
+        "influence_kept_fraction": statistics.mean(kept) if (kept := [r[INFLUENCE_KEPT] for r in rows
+                                                                      if INFLUENCE_KEPT in r]) else None,
     }
 
 
-def first_reach(curve: list[dict], target: float, key: str) -> float | None:
-    """Compute spent when avg@16 first came within 1 point of ``target`` (None: never)."""
+def first_reach(curve: list[dict], target: float, key: str) -> float:
+    """Compute spent when avg@16 first came within ``TOLERANCE`` of ``target`` (infinite: never, a miss)."""
     for point in curve:
-        if point["avg16"] >= target - 0.01:
+        if point["avg16"] >= target - TOLERANCE:
             return point[key]
-    return None
+    return math.inf
 
 
-def mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
+def stats(xs: list[float]) -> dict:
+    return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+def median_or_none(xs: list[float]) -> float | None:
+    """Median over all seeds, misses (inf) included; None when the median itself is a miss."""
+    m = statistics.median(xs)
+    return None if math.isinf(m) else m
 
 
 def summarize(runs: list[dict]) -> dict:
-    by_seed_plain = {r["seed"]: r for r in runs if r["config"] == "plain"}
+    """Per configuration: means and spreads, the difference from plain with its standard error, and reach."""
+    plain = [r for r in runs if r["config"] == "plain"]
+    target = statistics.mean(r["final"][TARGET] for r in plain)
+    plain_tokens = statistics.mean(r["tokens_generated"] + r["tokens_trained"] for r in plain)
+    plain_seconds = statistics.mean(sum(r["seconds"].values()) for r in plain)
+    plain_avg = stats([r["final"][TARGET] for r in plain])
     table = {}
     for name in dict.fromkeys(r["config"] for r in runs):
         rs = [r for r in runs if r["config"] == name]
-        fractions_tok, fractions_sec = [], []
-        for r in rs:
-            plain = by_seed_plain[r["seed"]]
-            target = plain["final"][TARGET]
-            plain_tok = plain["curve"][-1]["tokens"]
-            plain_sec = plain["curve"][-1]["seconds"]
-            tok, sec = first_reach(r["curve"], target, "tokens"), first_reach(r["curve"], target, "seconds")
-            r["fraction_of_plain_compute_to_reach"] = {"tokens": tok / plain_tok if tok is not None else None,
-                                                       "seconds": sec / plain_sec if sec is not None else None}
-            fractions_tok.append(r["fraction_of_plain_compute_to_reach"]["tokens"])
-            fractions_sec.append(r["fraction_of_plain_compute_to_reach"]["seconds"])
+        avg = stats([r["final"][TARGET] for r in rs])
+        tok = [first_reach(r["curve"], target, "tokens") / plain_tokens for r in rs]
+        sec = [first_reach(r["curve"], target, "seconds") / plain_seconds for r in rs]
+        for r, t, s in zip(rs, tok, sec):
+            r["to_reach_x_plain"] = {"tokens": None if math.isinf(t) else t, "seconds": None if math.isinf(s) else s}
+        tokens = statistics.mean(r["tokens_generated"] + r["tokens_trained"] for r in rs)
+        seconds = statistics.mean(sum(r["seconds"].values()) for r in rs)
         table[name] = {
-            **{k: mean([r["final"][k] for r in rs]) for k in rs[0]["final"]},
-            "tokens_generated": mean([r["tokens_generated"] for r in rs]),
-            "tokens_trained": mean([r["tokens_trained"] for r in rs]),
-            "seconds": mean([sum(r["seconds"].values()) for r in rs]),
-            "update_seconds": mean([r["seconds"]["update"] for r in rs]),
-            "reached": sum(f is not None for f in fractions_tok), "seeds": len(rs),
-            "fraction_tokens_to_reach": mean(fractions_tok), "fraction_seconds_to_reach": mean(fractions_sec),
+            "seeds": [r["seed"] for r in rs],
+            "final": {k: stats([r["final"][k] for r in rs]) for k in FINAL},
+            "avg16_minus_plain_points": 100 * (avg["mean"] - plain_avg["mean"]),
+            # standard error of a difference of two independent means over seeds
+            "avg16_minus_plain_se_points": 100 * math.sqrt(avg["std"] ** 2 / len(rs) + plain_avg["std"] ** 2 / len(plain)),
+            "tokens_generated": statistics.mean(r["tokens_generated"] for r in rs),
+            "tokens_trained": statistics.mean(r["tokens_trained"] for r in rs),
+            "tokens_x_plain": tokens / plain_tokens,
+            "seconds": seconds, "seconds_x_plain": seconds / plain_seconds,
+            "steps": statistics.mean(r["steps"] for r in rs),
+            "influence_kept_fraction": (statistics.mean(r["influence_kept_fraction"] for r in rs)
+                                        if all(r["influence_kept_fraction"] is not None for r in rs) else None),
+            "reached": sum(not math.isinf(t) for t in tok), "runs": len(rs),
+            "median_tokens_to_reach_x_plain": median_or_none(tok),
+            "median_seconds_to_reach_x_plain": median_or_none(sec),
         }
-    return table
+    return {"target_avg16": target - TOLERANCE, "plain_mean_avg16": target, "configs": table}
 
 
-def markdown(table: dict, title: str) -> str:
+def markdown(summary: dict, title: str) -> str:
+    t = summary["configs"]
+    noise = t.get("plain_b")
     lines = [f"### {title}", "",
-             "| config | greedy | avg@16 | maj@16 | tokens generated | tokens trained | seconds (sample+score+update) "
-             "| reached plain's avg@16 | compute to reach (tokens / seconds, x plain) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, row in table.items():
-        frac = (f"{row['fraction_tokens_to_reach']:.2f} / {row['fraction_seconds_to_reach']:.2f}"
-                if row["fraction_tokens_to_reach"] is not None else "—")
-        lines.append(f"| {name} | {100 * row['accuracy/greedy']:.1f} | {100 * row['accuracy/avg@16']:.1f} | "
-                     f"{100 * row['accuracy/maj@16']:.1f} | {row['tokens_generated']:,.0f} | {row['tokens_trained']:,.0f} | "
-                     f"{row['seconds']:.1f} | {row['reached']}/{row['seeds']} | {frac} |")
+             f"Target: plain's mean final avg@16 ({100 * summary['plain_mean_avg16']:.1f}) minus 1 point = "
+             f"{100 * summary['target_avg16']:.1f}. Δ = difference of means from plain ± its standard error."
+             + (f" Seed noise alone (plain_b − plain): {noise['avg16_minus_plain_points']:+.1f} ± "
+                f"{noise['avg16_minus_plain_se_points']:.1f} points." if noise else ""), "",
+             "| config | seeds | greedy | avg@16 (± std) | Δ avg@16 vs plain | maj@16 | steps | tokens gen + trained "
+             "(x plain) | seconds (x plain) | reached target | median to reach, tokens / seconds (x plain's run) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in t.items():
+        f = row["final"]
+        tok, sec = row["median_tokens_to_reach_x_plain"], row["median_seconds_to_reach_x_plain"]
+        reach = f"{tok:.2f} / {sec:.2f}" if tok is not None and sec is not None else "— (half or more miss)"
+        seeds = f"{row['seeds'][0]}–{row['seeds'][-1]}" if len(row["seeds"]) > 1 else str(row["seeds"][0])
+        delta = ("—" if name == "plain" else
+                 f"{row['avg16_minus_plain_points']:+.1f} ± {row['avg16_minus_plain_se_points']:.1f}")
+        lines.append(
+            f"| {name} | {seeds} | {100 * f['accuracy/greedy']['mean']:.1f} | {100 * f[TARGET]['mean']:.1f} "
+            f"(± {100 * f[TARGET]['std']:.1f}) | {delta} | {100 * f['accuracy/maj@16']['mean']:.1f} | {row['steps']:.0f} | "
+            f"{row['tokens_generated'] + row['tokens_trained']:,.0f} ({row['tokens_x_plain']:.2f}) | "
+            f"{row['seconds']:.1f} ({row['seconds_x_plain']:.2f}) | {row['reached']}/{row['runs']} | {reach} |")
+    kept = {n: r["influence_kept_fraction"] for n, r in t.items() if r["influence_kept_fraction"] is not None}
+    if kept:
+        lines += [""] + [f"{n}: {100 * k:.1f}% of trained rows kept in the gradient ({100 * (1 - k):.1f}% dropped; "
+                         "mean over steps and seeds)." for n, k in kept.items()]
     return "\n".join(lines)
 
 
@@ -157,58 +206,73 @@ def plot(runs: list[dict], path: Path) -> None:
     for name in dict.fromkeys(r["config"] for r in runs):
         rs = [r for r in runs if r["config"] == name]
         n = min(len(r["curve"]) for r in rs)
-        xs = [mean([r["curve"][i]["tokens"] for r in rs]) / 1e3 for i in range(n)]
-        ys = [100 * mean([r["curve"][i]["avg16"] for r in rs]) for i in range(n)]
+        xs = [statistics.mean(r["curve"][i]["tokens"] for r in rs) / 1e3 for i in range(n)]
+        ys = [100 * statistics.mean(r["curve"][i]["avg16"] for r in rs) for i in range(n)]
         ax.plot(xs, ys, marker=".", label=name)
     ax.set(xlabel="compute: tokens generated + trained (thousands)", ylabel="avg@16 (%)",
-           title="Demo task: accuracy against compute (mean of seeds)")
+           title="Demo task, 12 episodes each: accuracy against compute (mean of seeds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def run_all(jobs: list[tuple[str, dict, int]], work: Path, env: dict, parallel: int, eval_every: int,
+            label: str) -> list[dict]:
+    """Run (name, overrides, seed) jobs, ``parallel`` at a time; results in job order."""
+    def one(job):
+        name, overrides, seed = job
+        r = run_one(name, overrides, seed, work, env, eval_every)
+        print(f"{label}{name} seed {seed}: avg@16 {100 * r['final'][TARGET]:.1f} greedy "
+              f"{100 * r['final']['accuracy/greedy']:.1f} tokens {r['tokens_generated'] + r['tokens_trained']:,} "
+              f"({r['wall_s']:.0f} s)", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(one, jobs))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--only", nargs="*", help="run only these configurations (plain is always run)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--only", nargs="*", help="run only these configurations (plain and plain_b always run)")
     ap.add_argument("--noise", type=float, default=0.2, help="fraction of pseudo-labels flipped (0: skip)")
-    ap.add_argument("--noise-seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--noisy-configs", nargs="*", default=list(NOISY), help="selectors to repeat with label noise")
+    ap.add_argument("--noisy-configs", nargs="*", default=list(NOISY), help="configurations to repeat with label noise")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--eval-every", type=int, default=8, help="steps between avg@16 evaluations (4 steps = 1 episode)")
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-filters-"))
-    work.mkdir(parents=True, exist_ok=True)
     # One thread per run: every configuration is timed under the same conditions, and a busy machine
     # cannot turn OpenMP's spin-waiting into a 30x slowdown (seen here with two runs on 2 cores).
+    record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-filters-"))
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    names = ["plain"] + [n for n in CONFIGS if n != "plain" and (not args.only or n in args.only)]
-    runs = []
-    for name in names:
-        for seed in args.seeds:
-            runs.append(run_one(name, CONFIGS[name], seed, work, env))
-            r = runs[-1]
-            print(f"{name} seed {seed}: avg@16 {100 * r['final'][TARGET]:.1f} greedy {100 * r['final']['accuracy/greedy']:.1f} "
-                  f"tokens {r['tokens_generated'] + r['tokens_trained']:,} ({r['wall_s']:.0f} s)", flush=True)
+    names = [n for n in CONFIGS if n in ("plain", "plain_b") or not args.only or n in args.only]
+    seeds_of = {n: [s + SEED_OFFSET.get(n, 0) for s in args.seeds] for n in CONFIGS}
+    # configuration-major, in CONFIGS order: an interrupted benchmark has its first configurations on all seeds
+    runs = run_all([(n, CONFIGS[n], s) for n in names for s in seeds_of[n]],
+                   work, env, args.jobs, args.eval_every, "")
     noisy = []
     if args.noise > 0:
-        for name, overrides in NOISY.items():
-            if name not in args.noisy_configs:
-                continue
-            for seed in args.noise_seeds:
-                reward = {"reward": {"name": "benchmarks.noise:NoisyMajorityVote", "flip": args.noise, "seed": seed}}
-                noisy.append(run_one(f"noisy-{name}", {**overrides, **reward}, seed, work, env))
-                noisy[-1]["config"] = name
-                print(f"noisy {name} seed {seed}: avg@16 {100 * noisy[-1]['final'][TARGET]:.1f}", flush=True)
+        jobs = [(f"noisy-{n}", {**CONFIGS[n], "reward": {"name": "benchmarks.noise:NoisyMajorityVote",
+                                                          "flip": args.noise, "seed": s}}, s)
+                for n in NOISY if n in args.noisy_configs for s in seeds_of[n]]
+        noisy = run_all(jobs, work, env, args.jobs, args.eval_every, "")
+        for r in noisy:
+            r["config"] = r["config"].removeprefix("noisy-")
     table = summarize(runs)
-    noisy_table = summarize(noisy) if noisy else {}
+    noisy_table = summarize(noisy) if noisy else None
+    result = {"provenance": provenance.finish(record), "episodes": 12, "eval_every": args.eval_every, "configs": CONFIGS, "seed_offset": SEED_OFFSET,
+              "seeds": args.seeds, "tolerance": TOLERANCE, "summary": table, "noisy_summary": noisy_table,
+              "noise_flip": args.noise, "runs_reused": sum(r["reused"] for r in runs + noisy),
+              "runs": runs, "noisy_runs": noisy}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "filters.json").write_text(json.dumps(
-        {"configs": CONFIGS, "seeds": args.seeds, "summary": table, "noisy_summary": noisy_table,
-         "noise_flip": args.noise, "runs": runs, "noisy_runs": noisy}, indent=2))
-    md = markdown(table, "Demo task, mean of seeds " + ", ".join(map(str, args.seeds)))
+    (RESULTS / "filters.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(table, f"Demo task, equal prompt budget (12 episodes = 1,536 prompts), {len(args.seeds)} seeds each")
     if noisy_table:
         md += "\n\n" + markdown(noisy_table, f"With {int(100 * args.noise)}% of pseudo-labels flipped")
+    md += "\n\n" + provenance.footer(result["provenance"])
     (RESULTS / "filters.md").write_text(md + "\n")
     plot(runs, RESULTS / "filters.png")
     print(md)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import provenance
+
 RESULTS = Path(__file__).parent / "results"
 CONFIG = Path(__file__).parent / "configs" / "cpu-smollm2-135m-mawps-singleop.yaml"
 # A weak model's vote is unreliable where few rollouts agree: drop groups whose majority holds fewer
@@ -58,6 +60,7 @@ def main(argv=None) -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("runs/filters-smollm2"))
     ap.add_argument("--sampler", default="vllm", choices=["vllm", "hf"])
     args = ap.parse_args(argv)
+    record = provenance.collect(__file__, argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     run(CONFIG, args.plain_dir, args.sampler)
     filtered_cfg = args.work_dir / "filtered.yaml"
@@ -70,7 +73,7 @@ def main(argv=None) -> None:
     ratio = {"tokens": filtered["tokens"] / plain["tokens"], "wall_s": filtered["wall_s"] / plain["wall_s"]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "filters_smollm2.json").write_text(json.dumps(
-        {"config": str(CONFIG.name), "filtered_overrides": FILTERED, "sampler": args.sampler, "plain": plain,
+        {"provenance": provenance.finish(record), "config": str(CONFIG.name), "filtered_overrides": FILTERED, "sampler": args.sampler, "plain": plain,
          "filtered": filtered, "filtered_over_plain": ratio}, indent=2))
     keys = list(plain["final"])
     head = ["run", *[k.removeprefix("accuracy/") for k in keys], "steps", "tokens generated", "tokens trained",
@@ -85,7 +88,7 @@ def main(argv=None) -> None:
                      + f" | {r['steps']} | {r['tokens_generated']:,} | {r['tokens_trained']:,} | {r['wall_s']:.0f} |")
     lines += ["", f"Filtered = `{json.dumps(FILTERED)}`. Its compute as a fraction of plain's: "
                   f"{ratio['tokens']:.2f}x tokens (generated + trained), {ratio['wall_s']:.2f}x seconds. "
-                  "vLLM sampler, 2 CPU cores, seed 42."]
+                  f"{args.sampler} sampler, seed 42.", "", provenance.footer(record)]
     (RESULTS / "filters_smollm2.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import provenance
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -113,6 +115,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--smollm2", action="store_true", help="add SmolLM2-135M-Instruct + LoRA on MAWPS")
     a = ap.parse_args()
+    record = provenance.collect(__file__)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cases = [run_case("demo_full_ft", ["--model", "demo", "--lora", "false"], a.steps),
              run_case("demo_lora_r16", ["--model", "demo", "--lora", "true", "--learning_rate", "1e-3"], a.steps)]
@@ -120,7 +123,7 @@ def main() -> None:
         config = Path(__file__).parent / "configs" / "cpu-smollm2-135m-mawps-singleop.yaml"
         cases.append(run_case("smollm2_mawps_lora", [str(config)], 3, rollouts_stage=False,
                               threads=os.cpu_count() or 1, repeats=1))
-    result = {"threads": {c["case"]: c["threads"] for c in cases}, "cpu": platform.processor() or platform.machine(),
+    result = {"provenance": provenance.finish(record), "threads": {c["case"]: c["threads"] for c in cases}, "cpu": platform.processor() or platform.machine(),
               "torch": torch.__version__, "target_overhead": 0.15, "cases": cases}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "influence_overhead.json").write_text(json.dumps(result, indent=2))
@@ -137,6 +140,7 @@ def main() -> None:
         lines.append(f"| {c['case']} | {c['trainable_params']:,} | {r['rows_trained']} | {s['update_s']:.2f} | "
                      f"{s['filtered_update_s']:.2f} | {s['overhead']:+.1%} | {s['selector_clock_fraction']:.1%} | "
                      f"{s['kept_fraction']:.2f} | {sep} |")
+    lines += ["", provenance.footer(result["provenance"])]
     (RESULTS / "influence_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 RESULTS = Path(__file__).parent / "results"
@@ -140,6 +142,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['workers']} actor(s), 1 CPU each ({row['work']}) | {row['tokens_per_s']:,.0f} | "
                      f"{row['weight_broadcast_s']:.3f} |")
     lines += [f"| 2 vs 1 actors | **{p['ratio']:.2f}x** | |", ""]
+    if "provenance" in result:
+        lines += [provenance.footer(result["provenance"]), ""]
     return "\n".join(lines)
 
 
@@ -148,6 +152,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script, measures nothing")
     ap.add_argument("--out", type=Path, default=None, help="where ray.json and ray.md go")
     args = ap.parse_args(argv)
+    record = provenance.collect(__file__, argv)
     out = args.out or (Path(tempfile.mkdtemp(prefix="ttrl-ray-bench-")) if args.quick else RESULTS)
     extra = ["--limit", "16", "--episodes", "1", "--eval_k", "4"] if args.quick else []
     pool_work = (32, 8, 1) if args.quick else (128, 32, 3)
@@ -183,6 +188,7 @@ def main(argv=None) -> None:
         shutil.rmtree(ray_temp, ignore_errors=True)
     calibration = [calibration, machine_parallel_speedup()]  # before and after: did the machine stay free?
     result = {
+        "provenance": provenance.finish(record),
         "command": "python -m benchmarks.ray_bench" + (" --quick" if args.quick else ""),
         "quick": args.quick,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, load average {load:.2f} at start",

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import provenance
+
 RESULTS = Path(__file__).parent / "results"
 WARMUP = 20
 
@@ -34,6 +36,7 @@ def main(argv=None) -> None:
     ap.add_argument("--save_every", type=int, default=10)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    record = provenance.collect(__file__, argv)
     episodes = max(1, args.steps // 4)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
@@ -55,6 +58,7 @@ def main(argv=None) -> None:
     growth = rss[-1] - warm
     steps_after = max(1, len(rss) - 1 - min(WARMUP, len(rss) - 1))
     result = {
+        "provenance": provenance.finish(record),
         "command": " ".join(["ttrl", *cmd[3:]]).replace(str(run_dir), "RUN_DIR"),
         "steps": len(rows), "wall_s": wall,
         "checkpoint": {"saves": saves["count"], "seconds_per_save": per_save, "mb_per_save": saves["mb"],
@@ -84,6 +88,7 @@ def main(argv=None) -> None:
         f"| resident memory at the last step | {m['rss_mb_last']:.0f} MB (peak {m['rss_mb_peak']:.0f}) |",
         f"| growth after warm-up | {m['growth_mb_after_warmup']:+.1f} MB ({100 * m['growth_fraction']:+.1f}%; "
         f"{m['growth_mb_per_100_steps']:+.1f} MB per 100 steps) |", "",
+        provenance.footer(result["provenance"]), "",
     ])
     (args.out / "reliability.md").write_text(table)
     print(table)

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import provenance
+
 RESULTS = Path(__file__).parent / "results"
 CONFIG = Path(__file__).parent / "configs" / "cpu-smollm2-135m-mawps-singleop.yaml"
 
@@ -29,6 +31,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sampler", default="vllm", choices=["vllm", "hf"])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    record = provenance.collect(__file__, argv)
     cmd = ["ttrl", "run", str(CONFIG.relative_to(Path(__file__).parent.parent)), "--sampler", args.sampler,
            "--output_dir", str(args.run_dir), "--progress", "false"]
     if not (args.run_dir / "summary.json").exists():
@@ -39,9 +42,10 @@ def main(argv=None) -> None:
     summary = json.loads((args.run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     c = summary["compute"]
-    acc = lambda d: {k.removeprefix("accuracy/"): v for k, v in d.items() if k.startswith("accuracy/")}  # noqa: E731
+    acc = lambda d: {k: v for k, v in d.items() if k.startswith("accuracy/")}  # noqa: E731
     before, after = acc(summary["before"]), acc(summary["after"])
     result = {
+        "provenance": provenance.finish(record),
         "command": " ".join(cmd[:-4]), "model": "SmolLM2-135M-Instruct", "data": "MAWPS SingleOp, first 32",
         "sampler": args.sampler, "tasks": summary["before"].get("eval/labeled"), "steps": c["steps"],
         "before": before, "after": after, "change_points": {k: 100 * (after[k] - before[k]) for k in after},
@@ -58,13 +62,14 @@ def main(argv=None) -> None:
              f"{result['minutes']['total']:.0f} min)", "",
              "| metric | before | after | change (points) |", "|---|---:|---:|---:|"]
     for k in after:
-        lines.append(f"| {k} | {100 * before[k]:.1f} | {100 * after[k]:.1f} | {result['change_points'][k]:+.1f} |")
+        lines.append(f"| {k.removeprefix('accuracy/')} | {100 * before[k]:.1f} | {100 * after[k]:.1f} | {result['change_points'][k]:+.1f} |")
     la = result["label_accuracy"]
     if la["first_step"] is not None:
         lines += ["", f"Pseudo-label (majority vote) accuracy: {100 * la['first_step']:.1f}% at the first step, "
                       f"{100 * la['last_step']:.1f}% at the last (mean {100 * (la['mean'] or 0):.1f}%). "
                       f"Time: sampling {result['minutes']['sample']:.1f} min, update "
                       f"{result['minutes']['update']:.1f} min, evaluation {result['minutes']['eval']:.1f} min."]
+    lines += ["", provenance.footer(result["provenance"])]
     (args.out / "smollm2_mawps.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
