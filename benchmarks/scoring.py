@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.provenance import provenance
 from engine.types import Rollout, RolloutGroup, Task
 from rewards import REWARDS
-from rewards import answer_types, closed_form, equivalence
+from rewards import answer_types, closed_form, compound, equivalence
 
 ROOT = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("TTRL_DATA_DIR") or ROOT.parents[1] / "shared" / "data") / "ttrl" / "MATH-TTT" / "test.json"
@@ -54,7 +54,8 @@ def build_groups(answers: list[str], seed: int = 0) -> list[RolloutGroup]:
 
 def clear_caches() -> None:
     for fn in (equivalence._parse, equivalence._verify_sorted, equivalence._as_number, closed_form.closed_form_value,
-               closed_form.point_value, answer_types._normalize_cached):
+               closed_form.point_value, answer_types._normalize_cached, compound.list_shape, compound.is_relation,
+               compound.is_equation):
         fn.cache_clear()
     equivalence._timeouts.clear()
     from math_verify import parser  # math-verify keeps its own parse caches

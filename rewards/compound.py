@@ -15,6 +15,7 @@ string); ``compare_lists`` decides a pair of list answers item by item with a ca
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
@@ -60,6 +61,7 @@ def is_label(s: str) -> bool:
     return bool(s) and _LABEL_CHARS.fullmatch(s) is not None and any(c.isalpha() for c in s)
 
 
+@functools.lru_cache(maxsize=65536)
 def is_relation(s: str) -> bool:
     """Whether ``s`` states an inequality (``x > 5``, ``1 \\le |z|``): math-verify compares those."""
     return _RELATION.search(s) is not None
@@ -81,6 +83,7 @@ def _value_of(item: str) -> tuple[str | None, str]:
     return None, item  # an equation (2x+4y-3=0, 7 = 11a+c, y = 2x): kept whole
 
 
+@functools.lru_cache(maxsize=65536)
 def is_equation(s: str) -> bool:
     """An equation that is not an assignment: ``2x+z=1``, ``7 = 11a+c`` (never equal to a bare value).
 
@@ -143,18 +146,19 @@ def canonical_compound(s: str) -> str:
     return ", ".join(f"{lab}={v}" for lab, v in pairs)  # a system: x=1,y=2 keeps its names
 
 
-def _shape(s: str) -> tuple[str, list[str]] | None:
+@functools.lru_cache(maxsize=65536)
+def list_shape(s: str) -> tuple[str, tuple[str, ...]] | None:
     """('set' | 'tuple' | 'bare', items) for a normalized list answer, else None."""
     if s.startswith("\\{") and s.endswith("\\}"):
         inner = s[2:-2]
-        return ("set", split_top_level(inner)) if _one_group(inner) else None
+        return ("set", tuple(split_top_level(inner))) if _one_group(inner) else None
     if s[:1] == "(" and s[-1:] == ")" and _one_group(s[1:-1]):
         items = split_top_level(s[1:-1])
-        return ("tuple", items) if len(items) > 1 else None
+        return ("tuple", tuple(items)) if len(items) > 1 else None
     if s[:1] in "([" and s[-1:] in ")]" and _one_group(s[1:-1]):
         return None  # an interval: compared elsewhere
     items = split_top_level(s)
-    return ("bare", items) if len(items) > 1 else None
+    return ("bare", tuple(items)) if len(items) > 1 else None
 
 
 def _one_group(inner: str) -> bool:
@@ -190,7 +194,7 @@ def compare_lists(a: str, b: str, same: Callable[[str, str], bool]) -> bool | No
     """
     if max(len(a), len(b)) > _MAX_LEN:
         return None
-    sa, sb = _shape(a), _shape(b)
+    sa, sb = list_shape(a), list_shape(b)
     if sa is None or sb is None or (sa[0] == "tuple" and sb[0] == "tuple"):
         return None
     (ka, xa), (kb, xb) = sa, sb
