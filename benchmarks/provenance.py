@@ -33,12 +33,12 @@ def cpu() -> dict:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout the benchmark ran from, with ``+dirty`` if tracked files were modified."""
+    """HEAD of the checkout the benchmark ran from, ``+dirty`` if tracked files (results aside) were modified."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results") else "")
     except (OSError, subprocess.CalledProcessError) as err:
         return f"unknown ({err})"
 
