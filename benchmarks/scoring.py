@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import time
 from pathlib import Path
 
+from benchmarks.provenance import collect, finish, footer
 from engine.types import Rollout, RolloutGroup, Task
 from rewards import REWARDS
-from rewards import answer_types, closed_form, equivalence
+from rewards import answer_types, closed_form, compound, equivalence
 
 ROOT = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("TTRL_DATA_DIR") or ROOT.parents[1] / "shared" / "data") / "ttrl" / "MATH-TTT" / "test.json"
@@ -54,7 +54,8 @@ def build_groups(answers: list[str], seed: int = 0) -> list[RolloutGroup]:
 
 def clear_caches() -> None:
     for fn in (equivalence._parse, equivalence._verify_sorted, equivalence._as_number, closed_form.closed_form_value,
-               closed_form.point_value, answer_types._normalize_cached):
+               closed_form.point_value, answer_types._normalize_cached, compound.list_shape, compound.is_relation,
+               compound.is_equation):
         fn.cache_clear()
     equivalence._timeouts.clear()
     from math_verify import parser  # math-verify keeps its own parse caches
@@ -70,6 +71,13 @@ def time_pass(reward, groups: list[RolloutGroup]) -> float:
     return time.perf_counter() - start
 
 
+def demo_reward_shares() -> list[tuple[float, float]]:
+    """Per seed of the real default runs: (reward seconds, generate + reward + update seconds)."""
+    seeds = json.loads((ROOT / "results" / "default_run.json").read_text())["seeds"]
+    return [(c["time/reward_s"], c["time/generate_s"] + c["time/reward_s"] + c["time/update_s"])
+            for c in (s["compute"] for s in seeds)]
+
+
 def demo_step_s() -> tuple[float, float]:
     """(training seconds per step, total seconds per step incl. evaluation), mean over seeds."""
     seeds = json.loads((ROOT / "results" / "default_run.json").read_text())["seeds"]
@@ -83,7 +91,8 @@ def main() -> dict:
     equivalence.answers_equivalent("x+1", "x+2")  # import math-verify outside the clock
     step_s, step_total_s = demo_step_s()
     prompts_per_step = 32  # engine.demo.DEMO_SETTINGS
-    results = {"machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
+    prov = collect(__file__)
+    results = {"provenance": prov,
                "groups": len(answers), "rollouts_per_group": N_ROLLOUTS,
                "demo_step_s": step_s, "demo_step_total_s": step_total_s, "prompts_per_step": prompts_per_step,
                "variants": {}}
@@ -101,9 +110,11 @@ def main() -> dict:
         print(f"{name:15s} cold {row['cold']['groups_per_s']:7.1f} groups/s ({row['cold']['fraction_of_demo_step']:.1%} of a step)"
               f"   warm {row['warm']['groups_per_s']:7.1f} groups/s ({row['warm']['fraction_of_demo_step']:.1%})")
     out = ROOT / "results"
+    results["provenance"] = prov = finish(prov)
     (out / "scoring.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Scoring cost: groups of 64 rollouts on MATH-500 answer strings", "",
-             f"Machine: {results['machine']}. {len(answers)} groups × {N_ROLLOUTS} rollouts per pass. Demo TTRL step "
+             footer(prov), "",
+             f"{len(answers)} groups × {N_ROLLOUTS} rollouts per pass. Demo TTRL step "
              f"(generate + reward + update, default_run.json): {step_s * 1000:.0f} ms; a step scores "
              f"{prompts_per_step} groups. Target: < 5% of a step.", "",
              "| reward | cold groups/s | cold ms/group | cold % of step | warm groups/s | warm ms/group | warm % of step |",
@@ -117,7 +128,11 @@ def main() -> dict:
               "do not. Warm: the same prompts' answers again (later episodes), best of 3 passes.",
               "Scoring is CPU work on the host; the demo step is a 130k-parameter model, the smallest step",
               "there is: against a real model's step (seconds to minutes) even the cold cost is far below 5%.",
-              "Produced by `python -m benchmarks.scoring`.", ""]
+              "Produced by `python -m benchmarks.scoring`.", "",
+              "In the real default runs (benchmarks/results/default_run.json, integer answers) scoring took "
+              + " / ".join(f"{r:.2f}" for r, _ in demo_reward_shares()) + " s of "
+              + " / ".join(f"{t:.1f}" for _, t in demo_reward_shares()) + " s of sampling + scoring + update: "
+              + ", ".join(f"{r / t:.1%}" for r, t in demo_reward_shares()) + ".", ""]
     (out / "scoring.md").write_text("\n".join(lines))
     return results
 

@@ -9,7 +9,13 @@ A majority vote (TTRL, arXiv 2504.16084, §3) is only as good as its notion of "
    but a rounded decimal matches a fraction without a finite expansion, ``0.333333`` = ``1/3``).
    Closed forms (``3\\sqrt{13}``, ``\\frac{\\pi}{2}``, ``6-5i``) likewise, by ``rewards.closed_form``; a
    number is never equal to a tuple/interval or to an expression with a free variable.
-3. math-verify (HuggingFace, ``parse`` + ``verify``, symbolic via sympy) for everything else.
+   Lists (``1, 2``, ``\\{2,1\\}``, ``x=1,y=2``) item by item, by ``rewards.compound``, which also
+   reads labelled values, ``and``/``;`` lists and inequality chains in ``normalize_answer``.
+3. math-verify (HuggingFace, ``parse`` + ``verify``, symbolic via sympy) for everything else; an
+   equation that is not an assignment (``7 = 11a+c``) never equals a bare value.
+
+``tests/test_equivalence_cases.py`` holds this to public grader cases: never worse than math-verify
+alone, except the divergences listed there with their reasons.
 
 math-verify can hang on pathological input (huge powers, deep nesting), so tier 3 runs under our own
 ``setitimer`` deadline. Signals only work in the main thread, so off the main thread (or when
@@ -30,6 +36,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from fractions import Fraction
 
+from rewards.compound import THOUSANDS, canonical_compound, compare_lists, is_equation, is_relation
 from rewards.closed_form import (closed_form_value, has_variable, is_structured, point_value, structured_equal,
                                  structured_values, values_equal)
 
@@ -42,18 +49,19 @@ _TIMEOUTS_TO_SKIP = 2
 _timeouts: Counter[str] = Counter()
 
 _SUBS = [  # (pattern, replacement), applied in order
+    (re.compile(r"(?<=\d)(?:\s*\{\s*,\s*\}\s*|,\\!\s*)(?=\d)"), ","),  # 14{,}916, 32,\!348: thousands
     (re.compile(r"\\(?:left|right)(?![a-zA-Z])"), ""),
-    (re.compile(r"(\\\\)|\\[!,;: ]|\\q?quad(?![a-zA-Z])"), lambda m: m.group(1) or " "),
+    (re.compile(r"(\\\\)|\\[!,;: ]|\\q?quad"), lambda m: m.group(1) or " "),
     (re.compile(r"\\[dt]frac(?![a-zA-Z])"), r"\\frac"),
     (re.compile(r"\^\s*(?:\{\s*)?\\circ(?:\s*\})?|°|\\degree(?![a-zA-Z])"), ""),
-    (re.compile(r"\\?%"), ""),
+    (re.compile(r"\\?%|(?<=[\d\s}])(?:percent(?:age)?|pct)\s*$"), ""),  # 28\%, 28 percent, 28 pct
     (re.compile(r"\\\$|\$"), ""),
 ]
 _TEXT = r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}"
 _UNIT_TAIL = re.compile(_TEXT + r"(?:\s*\^\s*\{?\d\}?)?\s*$")  # anchored on "\\": linear
 _TEXT_WRAP = re.compile(_TEXT)
 _MATH_DELIMS = re.compile(r"^\\[(\[](.*)\\[)\]]$", re.DOTALL)
-_ASSIGN = re.compile(r"^[a-zA-Z]\s*(?:=|\\in(?![a-zA-Z]))\s*(?=\S)")
+_MEMBER = re.compile(r"^[a-zA-Z]\s*\\in(?![a-zA-Z])\s*(?=\S)")  # x \in [-2,7]
 # Drop spaces, but keep one after a command followed by a letter (``\pi r`` is not ``\pir``).
 _SPACE = re.compile(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+")
 _FRAC_DIGITS = [
@@ -62,7 +70,6 @@ _FRAC_DIGITS = [
     (re.compile(r"\\frac\{([^{}]*)\}(\d)"), r"\\frac{\1}{\2}"),
     (re.compile(r"\\sqrt(\d)"), r"\\sqrt{\1}"),
 ]
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")  # no nested \d* after \d+: linear
 _SCIENTIFIC = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d{1,2}")  # 6.72e-05 (Python's str)
 _FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?\d+)/(-?\d+))")
@@ -92,6 +99,8 @@ def normalize_answer(ans: str) -> str:
     ['\\\\frac{1}{2}', '14', '25', '90', '50', '0.000067']
     >>> [normalize_answer(a) for a in ["x = 5", "1,000", r"5 \\text{ cm}", "(b)", r"\\left( 3, \\pi \\right)"]]
     ['5', '1000', '5', 'B', '(3,\\\\pi)']
+    >>> [normalize_answer(a) for a in [r"14{,}916", "28 percent", r"6 \\text{ and } 8", "f(x)=1", "-1 < a < 10"]]
+    ['14916', '28', '6,8', '1', '(-1,10)']
     """
     s = str(ans).strip()
     m = _MATH_DELIMS.match(s)
@@ -104,14 +113,15 @@ def normalize_answer(ans: str) -> str:
     if unit and s[: unit.start()].strip():  # a trailing unit, not a whole-text answer like \text{east}
         s = s[: unit.start()]
     s = _TEXT_WRAP.sub(r"\1", s).strip().rstrip(".").strip()
-    assign = _ASSIGN.match(s)
-    if assign and "=" not in s[assign.end() :]:  # "x = 1, y = 2" is a system: keep its names
-        s = s[assign.end() :]
+    s = canonical_compound(s)  # labels, "and"/"or"/";" lists, chains, intervals (rewards.compound)
+    member = _MEMBER.match(s)
+    if member:
+        s = s[member.end() :]
+    if THOUSANDS.fullmatch(s):  # before spaces go: "32, 349" is a list, "32,349" a number
+        s = s.replace(",", "")
     s = _SPACE.sub(lambda m: m.group(1) + " " if m.group(1) else "", s)
     for pattern, repl in _FRAC_DIGITS:
         s = pattern.sub(repl, s)
-    if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
     number = _canonical_number(s)
     if number is not None:
         return number
@@ -256,7 +266,13 @@ def _tiers(a: str, b: str) -> bool:
     x, y = _as_number(a), _as_number(b)
     if x is not None and y is not None:
         return numbers_equal(x, y)
-    if is_structured(a) != is_structured(b):  # one value against several (tuple, set, interval, \pm)
+    lists = compare_lists(a, b, _equivalent_normalized)  # 1,2 vs \{2,1\}; (3,1) vs \{1,3\}; x=1,y=2
+    if lists is not None:
+        return lists
+    relation = is_relation(a) or is_relation(b)  # 0<x<1 vs (0,1): math-verify reads both as sets
+    if not relation and is_structured(a) != is_structured(b):  # one value against several
+        return False
+    if ("=" in a) != ("=" in b) and (is_equation(a) or is_equation(b)):  # 7=11a+c is not 11a+c
         return False
     u, v = closed_form_value(a), closed_form_value(b)
     if u is not None and v is not None:

@@ -32,7 +32,6 @@ LEGACY = {
     "influence_overhead.json": "its SmolLM2 case takes ~10 min of a free machine: not re-run in issue 14",
     "ray.json": "needs two free cores for its parallel-efficiency bar: not re-run in issue 14",
     "reliability.json": "a 200-step run; not re-run in issue 14 (shared machine at load average ~8 on 2 cores)",
-    "scoring.json": "re-run by the scoring benchmark's own change (issue 14, scoring.py)",
 }
 
 
