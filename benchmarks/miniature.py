@@ -6,7 +6,7 @@ Kept (what decides whether a recipe trains): the architecture class (Qwen2 / Lla
 and embedding tying, the compute dtype the recipe gets on a GPU (``dtype: auto`` = bfloat16 there), the
 optimizer, learning rate and schedule, ``prompts_per_step``, gradient accumulation, ``num_iterations``,
 LoRA-or-full and the KL coefficient. Scaled down: hidden size (64) and depth (2 layers), completion and
-evaluation lengths (8 tokens), votes per prompt (4 of which 2 train), evaluation samples (2), and the data
+evaluation lengths (8 tokens), votes per prompt (4 of which 2 train), evaluation (one sample, no greedy pass), and the data
 (two steps' worth of short synthetic prompts). The reward is ``benchmarks.miniature:token_reward``: a
 random model's majority vote rarely has a majority, so every group would be all-zero and nothing would
 train; this reward has variance in every group.
@@ -29,7 +29,7 @@ ARCHITECTURES = {
     "smollm2-135m": {"arch": "llama", "vocab_size": 49152, "tie_word_embeddings": True},
 }
 
-SCALED = {"n_votes": 4, "n_train": 2, "max_completion_length": 8, "eval_max_tokens": 8, "eval_k": 2,
+SCALED = {"n_votes": 4, "n_train": 2, "max_completion_length": 8, "eval_max_tokens": 8, "eval_k": 1, "eval_greedy": False,
           "episodes": 1, "temperature": 1.0, "template": "{question}", "reward": "benchmarks.miniature:token_reward",
           "progress": False, "save_every": 0}
 
