@@ -34,7 +34,7 @@ from benchmarks import provenance
 
 RESULTS = Path(__file__).parent / "results"
 KEYS = ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16", "accuracy/pass@16")
-COMPUTE = ("tokens/generated", "tokens/trained", "steps", "time/total_s")
+COMPUTE = ("tokens/generated", "tokens/trained", "steps", "time/total_s", "time/generate_s", "time/reward_s", "time/update_s", "time/eval_s")
 DEFAULT_SEED = 42           # `ttrl run`'s seed when none is given (GRPOConfig's default)
 GREEDY_TARGET_POINTS = 10.0  # the project's target: TTRL lifts greedy accuracy by >= 10 points
 

@@ -6,7 +6,8 @@ Kept (what decides whether a recipe trains): the architecture class (Qwen2 / Lla
 and embedding tying, the compute dtype the recipe gets on a GPU (``dtype: auto`` = bfloat16 there), the
 optimizer, learning rate and schedule, ``prompts_per_step``, gradient accumulation, ``num_iterations``,
 LoRA-or-full and the KL coefficient. Scaled down: hidden size (64) and depth (2 layers), completion and
-evaluation lengths (8 tokens), votes per prompt (4 of which 2 train), evaluation (one sample, no greedy pass), and the data
+evaluation lengths (8 tokens), votes per prompt (twice the trained ones: the fewest, >= 2, whose rows split evenly over
+the recipe's gradient accumulation — 8 of 16 for 64 micro-batches of 8 prompts), evaluation (one sample, no greedy pass), and the data
 (two steps' worth of short synthetic prompts). The reward is ``benchmarks.miniature:token_reward``: a
 random model's majority vote rarely has a majority, so every group would be all-zero and nothing would
 train; this reward has variance in every group.
@@ -29,7 +30,7 @@ ARCHITECTURES = {
     "smollm2-135m": {"arch": "llama", "vocab_size": 49152, "tie_word_embeddings": True},
 }
 
-SCALED = {"n_votes": 4, "n_train": 2, "max_completion_length": 8, "eval_max_tokens": 8, "eval_k": 1, "eval_greedy": False,
+SCALED = {"max_completion_length": 8, "eval_max_tokens": 8, "eval_k": 1, "eval_greedy": False,
           "episodes": 1, "temperature": 1.0, "template": "{question}", "reward": "benchmarks.miniature:token_reward",
           "progress": False, "save_every": 0}
 
@@ -48,7 +49,7 @@ def make_tokenizer():
 
 
 def make_model_dir(path: Path, model: str, *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                   kv_heads: int = 2, seed: int = 0) -> Path:
+                   kv_heads: int = 2, intermediate: int | None = None, seed: int = 0) -> Path:
     """Save a random miniature of ``model`` (a key of ``ARCHITECTURES``) and a tokenizer under ``path``.
 
     The embedding and output layer have the real number of rows (151,936 for Qwen2.5-Math-1.5B), so every
@@ -62,7 +63,7 @@ def make_model_dir(path: Path, model: str, *, hidden: int = 64, layers: int = 2,
     config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[spec["arch"]]
     tok = make_tokenizer()
     torch.manual_seed(seed)
-    config = config_cls(vocab_size=spec["vocab_size"], hidden_size=hidden, intermediate_size=hidden * 2,
+    config = config_cls(vocab_size=spec["vocab_size"], hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                         max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id, tie_word_embeddings=spec["tie_word_embeddings"])
@@ -89,6 +90,13 @@ def runs_on_gpu(options: dict) -> bool:
     return options.get("model") in ARCHITECTURES and not str(options.get("model")).startswith("smollm2")
 
 
+def trained_per_group(options: dict) -> int:
+    """The fewest trained rollouts per prompt (>= 2) whose rows split evenly over the recipe's gradient
+    accumulation: 8 for 64 micro-batches of 8 prompts (one row each)."""
+    pps, accum = int(options.get("prompts_per_step", 8)), int(options.get("gradient_accumulation_steps", 1))
+    return next(n for n in range(2, accum + 3) if n * pps % accum == 0)
+
+
 def miniature_options(config: Path, model_dir: Path | None, data: Path, *, dtype: str | None = None) -> list[str]:
     """``ttrl run`` arguments for ``config`` in miniature: the config file, then the scaled-down overrides.
 
@@ -97,6 +105,8 @@ def miniature_options(config: Path, model_dir: Path | None, data: Path, *, dtype
     """
     options = recipe(config)
     over = dict(SCALED)
+    over["n_train"] = trained_per_group(options)
+    over["n_votes"] = 2 * over["n_train"]
     over["limit"] = 2 * int(options.get("prompts_per_step", 8))
     over["data"] = str(data)
     if model_dir is not None:

@@ -343,9 +343,8 @@ def _derive(ns) -> list[str]:
     accum = ns.gradient_accumulation_steps
     if accum < 1:
         raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {accum}")
-    if ns.prompts_per_step % accum:  # TRL splits a batch into accum micro-batches of whole groups' rows
-        raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide prompts_per_step ({ns.prompts_per_step}): "
-                          "every micro-batch holds whole groups, so a batch of fewer would leave groups untrained")
+    if rows % accum:  # TRL splits a batch's rows into accum equal micro-batches (advantages use whole groups first)
+        raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide n_train x prompts_per_step ({rows})")
     ns.num_generations = ns.n_train
     ns.per_device_train_batch_size = rows // accum
     ns.steps_per_generation = accum

@@ -154,8 +154,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 row.update(telemetry(sampled, labels, t.answer_type))
             for skipper in skippers:
                 row.update(skipper.end_step())
-            # TRL splits a batch into gradient_accumulation_steps equal parts: train on a multiple.
-            kept = kept[: len(kept) - len(kept) % g.gradient_accumulation_steps]
+            # TRL splits a batch's rows into gradient_accumulation_steps equal parts: train on a multiple.
+            unit = g.gradient_accumulation_steps // math.gcd(g.gradient_accumulation_steps, t.n_train)  # groups
+            kept = kept[: len(kept) - len(kept) % unit]
             row.update({"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
                         "groups/trained": len(kept)})
             if not kept:

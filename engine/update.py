@@ -36,6 +36,7 @@ steps with the Trainer's own pieces, in its order (transformers 5.19 ``Trainer._
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,13 +217,13 @@ class GRPOPolicy:
         ``grad_filter`` (the influence selector's update stage) sees every micro-batch's per-row gradients
         after its backward and may take rows out of ``.grad`` before the optimizer steps."""
         args, trainer = self.args, self.trainer
-        # Fewer groups than configured is fine (filters may leave a short batch at the end of a run);
-        # TRL needs whole groups split evenly over the gradient-accumulation steps.
-        unit = args.num_generations * args.steps_per_generation
-        if len(batch) % unit or batch.n_per_group != args.num_generations:
+        # Fewer groups than configured is fine (filters may leave a short batch at the end of a run); TRL
+        # computes advantages over whole groups, then splits the rows evenly over the accumulation steps.
+        if len(batch) % args.steps_per_generation or batch.n_per_group != args.num_generations:
             raise ValueError(
-                f"batch of {len(batch)} rows x {batch.n_per_group} per group does not fit the trainer: "
-                f"rows must be a multiple of num_generations x steps_per_generation = {unit}"
+                f"batch of {len(batch)} rows x {batch.n_per_group} per group does not fit the trainer: groups of "
+                f"num_generations = {args.num_generations} rows, a multiple of steps_per_generation = "
+                f"{args.steps_per_generation} rows in all"
             )
         self._pending = batch
         rows = [{"prompt": str(i)} for i in range(len(batch))]
@@ -329,12 +330,12 @@ def trainable_parameters(model) -> dict[str, torch.Tensor]:
 
 
 def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, gradient_accumulation_steps: int = 1,
-                        num_iterations: int = 1, max_steps: int = -1) -> int:
+                        num_iterations: int = 1, max_steps: int = -1, n_train: int = 1) -> int:
     """Optimizer steps a run takes when no group is filtered out: the length of its learning-rate schedule.
 
     The prompt stream crosses episode boundaries (``engine.loop.PromptStream``), so the run sees
-    ``episodes * n_tasks`` prompts in updates of ``prompts_per_step``; a short last update keeps a multiple
-    of ``gradient_accumulation_steps`` groups (none if fewer are left); each update takes
+    ``episodes * n_tasks`` prompts in updates of ``prompts_per_step``; a short last update keeps the groups
+    whose ``n_train`` rows split evenly over ``gradient_accumulation_steps`` (none if too few are left); each update takes
     ``num_iterations`` optimizer steps (GRPO's mu); ``max_steps`` (> 0) caps the total. Filters that drop
     groups refill them from the stream, which can only end the run in fewer steps than this.
 
@@ -342,11 +343,14 @@ def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, grad
     8
     >>> optimizer_steps_for(episodes=2, n_tasks=30, prompts_per_step=8, gradient_accumulation_steps=8, num_iterations=2)
     14
+    >>> optimizer_steps_for(episodes=2, n_tasks=30, prompts_per_step=8, gradient_accumulation_steps=8, n_train=2)
+    8
     >>> optimizer_steps_for(episodes=80, n_tasks=30, prompts_per_step=8, max_steps=5)
     5
     """
     prompts = episodes * n_tasks
     last = prompts % prompts_per_step
-    updates = prompts // prompts_per_step + (1 if last - last % gradient_accumulation_steps > 0 else 0)
+    unit = gradient_accumulation_steps // math.gcd(gradient_accumulation_steps, n_train)  # groups whose rows split evenly
+    updates = prompts // prompts_per_step + (1 if last - last % unit > 0 else 0)
     steps = updates * num_iterations
     return min(steps, max_steps) if max_steps > 0 else steps

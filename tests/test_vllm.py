@@ -183,6 +183,10 @@ def test_ttrl_run_with_the_vllm_sampler(model_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
+    # TRL's importance-sampling seam is live: it compared vLLM's sampling log-probs with the trainer's.
+    for row in rows:
+        assert 0 <= row["train/sampling/sampling_logp_difference/mean"] < 0.05, row
+        assert "train/sampling/importance_sampling_ratio/mean" in row
     summary = json.loads((out / "summary.json").read_text())
     assert summary["compute"]["steps"] == 2 and summary["config"]["sampler"] == "vllm"
     assert (out / "report.md").exists() and (out / "adapter").is_dir()
