@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from engine.registry import spec_search_path
+
 
 class ConfigError(ValueError):
     """A configuration value that is not allowed; the message names the field and what is allowed."""
@@ -208,9 +210,11 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
     parser = make_parser()
     known = {a.dest for a in parser._actions if a.dest != "help"}
     file_values: dict[str, Any] = dict(base or {})
+    config_dir = None
     if argv and not argv[0].startswith("-"):
         file_values = load_yaml(argv[0], known)
-        sys.path.insert(0, str(Path(argv.pop(0)).resolve().parent))  # 'module:function' specs next to the config
+        config_dir = Path(argv.pop(0)).resolve().parent
+    spec_search_path(config_dir)  # 'module:function' specs: the cwd first, then next to the config
     probe, _ = parser.parse_known_args(argv)
     model_is_demo = (file_values.get("model", probe.model) == "demo")
     defaults: dict[str, Any] = {}

@@ -85,3 +85,35 @@ def test_default_run_builds_the_demo_and_improves_it(tmp_path):
     built = list((tmp_path / "cache").glob("demo-*/model/model.safetensors"))
     assert len(built) == 1 and built[0].read_bytes() == SHIPPED_WEIGHTS.read_bytes()
     assert summary["before"]["accuracy/greedy"] == 0.75    # the README's number, on every machine
+
+
+def readme_block(starts_with: str) -> str:
+    """The README's fenced code block whose first line starts with ``starts_with``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    found = [b for b in blocks if b.startswith(starts_with)]
+    assert len(found) == 1, f"no single README python block starting {starts_with!r}"
+    return found[0]
+
+
+def test_readme_custom_reward_through_the_ttrl_console_script(tmp_path):
+    """The README's custom reward as a user runs it: ``my_rewards.py`` in the current directory and the
+    installed ``ttrl`` script (not ``python -m``, which would put the cwd on sys.path by itself)."""
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("ttrl")
+    assert script.exists(), f"the ttrl console script is not installed beside {sys.executable}"
+    (tmp_path / "my_rewards.py").write_text(readme_block("# my_rewards.py"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([str(script), "run", "--reward", "my_rewards:short_and_agreeing", "--episodes", "1",
+                             "--limit", "8", "--prompts_per_step", "4", "--n_votes", "4", "--n_train", "2",
+                             "--eval_k", "2", "--progress", "false", "--output_dir", "run"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:  # the length penalty makes every reward fractional: the custom reward ran
+        total = row["reward/mean"] * row["prompts/sampled"] * 4
+        assert abs(total - round(total)) > 1e-6
