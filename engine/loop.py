@@ -66,7 +66,11 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
         return result
 
     filter_stages = build_filters(t.filters, FILTERS)
-    skippers = [stage.fn for stage in filter_stages if hasattr(stage.fn, "skip")]  # GRESO: before sampling
+    # GRESO skips prompts before sampling them; in monitor mode it only counts what it would skip
+    # (the expected number, from its skip_probability: no draw, so the run's random stream is untouched).
+    skip_stages = [stage for stage in filter_stages if hasattr(stage.fn, "skip")]
+    skippers = [stage.fn for stage in skip_stages if stage.mode == "enforce"]
+    watchers = [stage for stage in skip_stages if stage.mode == "monitor"]
     stream = PromptStream(train_tasks, t.episodes, rng)
 
     # Resume: a checkpoint in out_dir puts every piece of state back as it was after its step, and
@@ -130,6 +134,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 batch_tasks, skipped = stream.take(
                     t.prompts_per_step - len(kept), skip=lambda task: any(s.skip(task.id, rng) for s in skippers))
                 counts["prompts/skipped"] += skipped
+                for stage in watchers:
+                    key = f"filters/{stage.name}/would_skip"
+                    counts[key] = counts.get(key, 0.0) + sum(stage.fn.skip_probability(task.id) for task in batch_tasks)
                 bar.update(len(batch_tasks) + skipped)
                 if not batch_tasks:
                     break
@@ -152,8 +159,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
-            for skipper in skippers:
-                row.update(skipper.end_step())
+            for stage in skip_stages:
+                row.update(stage.fn.end_step())
             # TRL splits a batch into gradient_accumulation_steps equal parts: train on a multiple.
             kept = kept[: len(kept) - len(kept) % g.gradient_accumulation_steps]
             row.update({"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),

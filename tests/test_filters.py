@@ -127,16 +127,23 @@ class RecordingPolicy:
         self.batches = list(state["batches"])
 
 
-def loop_run(tmp_path, unanimous, n_tasks, *options):
+def loop_run(tmp_path, unanimous, n_tasks, *options, filters=None, log=lambda s: None):
+    """The real loop on ``n_tasks`` scripted tasks; ``filters`` (specs with modes) go through a YAML file."""
+    import yaml
+
     from engine.config import parse_config
     from engine.loop import run
 
-    cfg = parse_config(["--model", "m", "--data", "d.jsonl", "--output_dir", str(tmp_path), "--n_votes", "8",
+    config = []
+    if filters is not None:
+        (tmp_path / "filters.yaml").write_text(yaml.safe_dump({"filters": filters}))
+        config = [str(tmp_path / "filters.yaml")]
+    cfg = parse_config([*config, "--model", "m", "--data", "d.jsonl", "--output_dir", str(tmp_path), "--n_votes", "8",
                         "--n_train", "4", "--prompts_per_step", "2", "--eval_k", "2", "--progress", "false",
                         *options])
     tasks = [make_task(i, label="1") for i in range(n_tasks)]
     sampler, policy = ScriptedSampler(unanimous), RecordingPolicy()
-    run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=tmp_path, log=lambda s: None)
+    run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=tmp_path, log=log)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return sampler, policy, rows
 
@@ -167,3 +174,15 @@ def test_history_skip_saves_sampling_across_episodes(tmp_path):
     skipped = sum(r["prompts/skipped"] for r in rows)
     assert skipped + len(sampler.sampled) == 32 and skipped >= 12
     assert policy.batches == []  # nothing informative, nothing trained
+
+
+def test_history_skip_in_monitor_mode_only_counts(tmp_path):
+    # The same run as above with GRESO in monitor mode: every prompt is sampled, none skipped, and the
+    # prompts it would have skipped are counted (the expected number, from its skip probabilities).
+    sampler, policy, rows = loop_run(tmp_path, {str(i) for i in range(4)}, 4, "--episodes", "8",
+                                     "--max_refill_rounds", "0",
+                                     filters=["zero_variance", {"name": "history_skip", "mode": "monitor"}])
+    assert sum(r["prompts/skipped"] for r in rows) == 0 and len(sampler.sampled) == 32
+    assert sum(r["filters/history_skip/would_skip"] for r in rows) >= 12
+    assert rows[-1]["filters/history_skip/p"] < 0.5      # it still learns its p from what it sees
+
