@@ -196,9 +196,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             history.append(row)
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            rows = len(history) - 1
             if (interrupted.is_set() or stream.episodes_finished > finished_at_start
-                    or (t.save_every and rows % t.save_every == 0)):
+                    or (kept and t.save_every and step % t.save_every == 0)):  # every save_every optimizer steps
                 save_checkpoint()
             if interrupted.is_set():
                 raise KeyboardInterrupt(f"checkpoint saved after step {step}; continue with "

@@ -186,3 +186,17 @@ def test_history_skip_in_monitor_mode_only_counts(tmp_path):
     assert sum(r["filters/history_skip/would_skip"] for r in rows) >= 12
     assert rows[-1]["filters/history_skip/p"] < 0.5      # it still learns its p from what it sees
 
+
+def test_save_every_counts_optimizer_steps_not_metric_rows(tmp_path):
+    # Every group is unanimous and dropped: 4 rows, no optimizer step. save_every 2 counts steps, so the
+    # only checkpoint is the one at the episode's end (counting rows gave one at row 2 as well).
+    _, policy, rows = loop_run(tmp_path, {str(i) for i in range(8)}, 8, "--filters", "zero_variance",
+                               "--max_refill_rounds", "0", "--save_every", "2")
+    assert len(rows) == 4 and policy.batches == []
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checkpoints"]["count"] == 1
+    # With an update every row, a checkpoint every 2 steps: rows 2 and 4 (row 4 also ends the episode).
+    _, policy, rows = loop_run(tmp_path / "b", set(), 8, "--save_every", "2")
+    assert policy.batches == [2, 2, 2, 2]
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["checkpoints"]["count"] == 2
+
