@@ -162,12 +162,17 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             for stage in skip_stages:
                 row.update(stage.fn.end_step())
             # TRL splits a batch into gradient_accumulation_steps equal parts: train on a multiple.
-            kept = kept[: len(kept) - len(kept) % g.gradient_accumulation_steps]
+            survived = len(kept)
+            kept = kept[: survived - survived % g.gradient_accumulation_steps]
             row.update({"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
-                        "groups/trained": len(kept)})
+                        "groups/trained": len(kept), "groups/cut_for_accumulation": survived - len(kept)})
+            if survived > len(kept):
+                log(f"iteration {len(history)}: {survived - len(kept)} of the {survived} groups that passed the "
+                    f"filters left out: gradient_accumulation_steps={g.gradient_accumulation_steps} needs a "
+                    f"multiple of {g.gradient_accumulation_steps} groups" + ("; no update" if not kept else ""))
             if not kept:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
-                if sampled:
+                if sampled and not survived:
                     log(f"iteration {len(history)}: every group was filtered out ({len(sampled)} sampled); no update")
             else:
                 step += 1

@@ -200,3 +200,13 @@ def test_save_every_counts_optimizer_steps_not_metric_rows(tmp_path):
     assert policy.batches == [2, 2, 2, 2]
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["checkpoints"]["count"] == 2
 
+
+def test_groups_cut_for_gradient_accumulation_are_reported_as_such(tmp_path):
+    # 3 informative tasks, 2 per step, gradient_accumulation_steps 2: the last step has 1 group, which
+    # TRL cannot split in 2; it is left out, and the log says so (not "every group was filtered out").
+    logged = []
+    _, policy, rows = loop_run(tmp_path, set(), 3, "--gradient_accumulation_steps", "2", log=logged.append)
+    assert policy.batches == [2] and rows[-1]["groups/cut_for_accumulation"] == 1
+    assert rows[-1]["update/skipped"] == 1
+    assert not any("filtered out" in line for line in logged)
+    assert any("gradient_accumulation_steps=2" in line and "1 of the 1 groups" in line for line in logged)
