@@ -255,8 +255,10 @@ _DERIVED = {"num_generations", "per_device_train_batch_size", "steps_per_generat
 def saved_options(run_dir: str | Path) -> dict[str, Any]:
     """The options a run directory's ``config.yaml`` records, as a flat mapping ``parse_config`` takes as ``base``.
 
-    Only values that differ from the parser's defaults are kept; fields the engine derives, and the
-    masked ``*_token`` fields, are left out (they are recomputed or are not the user's to resume).
+    Every option is kept, defaults included: the demo and suite presets are applied again on resume,
+    so a value the run had that equals the parser's default but not the preset's (``--n_votes 64`` on
+    the demo, whose preset is 32) would otherwise come back as the preset's. Fields the engine derives,
+    and the masked ``*_token`` fields, are left out (they are recomputed or are not the user's to resume).
     """
     path = Path(run_dir) / "config.yaml"
     try:
@@ -267,8 +269,8 @@ def saved_options(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--resume {run_dir}: {path} is not valid YAML: {err}") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume {run_dir}: {path} does not hold a mapping of options")
-    defaults = {a.dest: a.default for a in make_parser()._actions if a.dest != "help"}
-    return {k: v for k, v in _flat_options(saved).items() if k in defaults and k not in _DERIVED and v != defaults[k]}
+    options = {a.dest for a in make_parser()._actions if a.dest != "help"}
+    return {k: v for k, v in _flat_options(saved).items() if k in options and k not in _DERIVED}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -259,3 +259,26 @@ def test_loading_never_unpickles(tmp_path):
         checkpoint.find(run_dir)
     assert not marker.exists()
 
+
+def test_resume_keeps_explicit_values_equal_to_the_parser_defaults(tmp_path):
+    """A run's options come back whole on resume, though the demo or suite preset is applied again:
+    an explicit value equal to the parser's default but not to the preset's stays (it used to be
+    dropped from the saved options, so the preset's came back and the resume was refused)."""
+    import yaml
+
+    from engine.config import config_differences, parse_config, saved_options
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text('{"id": "a", "question": "1+1=", "answer": "2"}\n')
+    suite = tmp_path / "mine.yaml"
+    suite.write_text(yaml.safe_dump({"source": str(data), "eval_k": 4, "episodes": 3}))
+    cases = [["--n_votes", "64", "--n_train", "16"],            # demo preset: 32 votes; parser default 64
+             ["--learning_rate", "1e-5"],                        # demo preset 1e-4; engine default 1e-5
+             ["--model", str(tmp_path), "--suite", str(suite), "--eval_k", "16", "--episodes", "1"]]
+    for i, args in enumerate(cases):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        cfg = parse_config([*args, "--output_dir", str(run_dir)])
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        resumed = parse_config(["--output_dir", str(run_dir)], base=saved_options(run_dir))
+        assert config_differences(cfg.to_dict(), resumed.to_dict()) == [], args
