@@ -97,14 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
-    import yaml
-
-    from engine import checkpoint
-    from engine.build import build
-    from engine.config import (ConfigError, check_output_dir, config_differences, parse_config, saved_options,
-                               split_options)
-    from engine.loop import run
-    from engine.report import before_after_table
+    from engine import run_lock
+    from engine.config import ConfigError, check_output_dir, parse_config, saved_options, split_options
 
     own, argv = split_options(argv, ("resume",))
     resume = own["resume"][-1] if own else None
@@ -119,6 +113,21 @@ def cmd_run(argv: list[str]) -> int:
         print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "
               "Choose another --output_dir to run again.")
         return 0
+    check_output_dir(out_dir)  # before any model loads
+    with run_lock.acquire(out_dir):  # held until the run ends; a second run into out_dir is refused
+        return run_in(cfg, out_dir, resume)
+
+
+def run_in(cfg, out_dir: Path, resume: str | None) -> int:
+    """``ttrl run`` in a run directory this process owns."""
+    import yaml
+
+    from engine import checkpoint
+    from engine.build import build
+    from engine.config import ConfigError, config_differences
+    from engine.loop import run
+    from engine.report import before_after_table
+
     saved = out_dir / "config.yaml"
     if checkpoint.find(out_dir) is not None and saved.exists():
         # Re-running into a run directory continues it, but only with the options it was started with.
@@ -128,7 +137,6 @@ def cmd_run(argv: list[str]) -> int:
                               f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
     elif resume is not None:
         print(f"ttrl run: no checkpoint in {out_dir} yet; starting the run from its beginning")
-    check_output_dir(out_dir)  # before any model loads
     saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     from transformers import set_seed
 
