@@ -117,3 +117,25 @@ def test_readme_custom_reward_through_the_ttrl_console_script(tmp_path):
     for row in rows:  # the length penalty makes every reward fractional: the custom reward ran
         total = row["reward/mean"] * row["prompts/sampled"] * 4
         assert abs(total - round(total)) > 1e-6
+
+
+def test_ttrl_eval_adapter_of_a_full_finetuning_run(tiny_model, tiny_data, tmp_path):
+    """A full fine-tuning run saves the whole model in RUN/adapter; `ttrl eval --adapter` evaluates it
+    (it used to hand the folder to PEFT, which failed), and a folder that is neither says what it takes."""
+    run = tmp_path / "run"
+    result = ttrl("run", "--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
+                  "--lora", "false", "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "2",
+                  "--max_completion_length", "6", "--eval_k", "2", "--progress", "false", "--output_dir", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (run / "adapter" / "adapter_config.json").exists() and (run / "adapter" / "config.json").exists()
+    common = ["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}", "--eval_k", "2",
+              "--max_completion_length", "6", "--progress", "false"]
+    result = ttrl("eval", *common, "--adapter", str(run / "adapter"), "--output_dir", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "holds full model weights" in result.stdout
+    scores = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert scores["weights"] == str(run / "adapter") and 0.0 <= scores["accuracy/avg@2"] <= 1.0
+
+    result = ttrl("eval", *common, "--adapter", str(tmp_path), "--output_dir", str(tmp_path / "eval2"))
+    assert result.returncode == 2 and "it takes a run's adapter/ folder" in result.stderr
+    assert "Traceback" not in result.stderr
