@@ -3,10 +3,14 @@
 A TTRL run on a real model takes hours (80 episodes over AIME); a machine that dies at hour three
 must not cost three hours. ``save`` writes ``RUN_DIR/checkpoint/`` with
 
-- ``state.pt``: the policy's ``state_dict()`` (``GRPOPolicy``: the trainable weights — the LoRA
-  adapter's, or every weight under full fine-tuning — TRL's optimizer and scheduler state and the
-  trainer's step counters) and every RNG the run draws from (the loop's ``random.Random``, Python's,
-  NumPy's, torch's CPU and CUDA generators);
+- ``state.safetensors`` and ``state.json``: the policy's ``state_dict()`` (``GRPOPolicy``: the trainable
+  weights — the LoRA adapter's, or every weight under full fine-tuning — TRL's optimizer and scheduler
+  state and the trainer's step counters) and every RNG the run draws from (the loop's
+  ``random.Random``, Python's, NumPy's, torch's CPU and CUDA generators). Every tensor (weights, Adam's
+  moments and steps, torch's RNG states) is in the safetensors file; everything else (counters,
+  optimizer hyper-parameters, scheduler state, Python's and NumPy's RNG states) is plain JSON
+  (``engine.tensor_tree``). Nothing is a pickle, so loading a checkpoint runs no code from it: a
+  ``torch.load(weights_only=False)`` of a file from elsewhere can execute anything;
 - ``loop.json``: the position in the prompt stream (episode, this episode's shuffled order, index),
   the step count, cumulative compute, the metrics history (so ``metrics.jsonl`` can be cut back to it)
   and the filters' own state (GRESO's per-prompt streaks and its adapted ``p``).
@@ -33,8 +37,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+
+from engine import tensor_tree
+from engine.config import ConfigError
 
 NAME = "checkpoint"
+FILES = ("state.safetensors", "state.json", "loop.json")
+LEGACY = "state.pt"  # the pickle format of earlier versions: recognised, never loaded
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint this version will not load; the message says why and what to do."""
 
 
 def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict) -> dict[str, float]:
@@ -51,8 +65,11 @@ def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict) -> dict
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
-    _write(tmp / "state.pt", lambda f: torch.save(state, f))
-    _write(tmp / "loop.json", lambda f: f.write(json.dumps(loop_state, default=str).encode("utf-8")))
+    tree, tensors = tensor_tree.split(state)
+    save_file(tensors, tmp / "state.safetensors")
+    _fsync_file(tmp / "state.safetensors")
+    write_synced(tmp / "state.json", json.dumps(tree).encode("utf-8"))
+    write_synced(tmp / "loop.json", json.dumps(loop_state, default=str).encode("utf-8"))
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -64,17 +81,27 @@ def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict) -> dict
 
 
 def find(out_dir: Path) -> Path | None:
-    """The complete checkpoint in ``out_dir`` (``checkpoint``, else ``checkpoint.old``), or None."""
+    """The complete checkpoint in ``out_dir`` (``checkpoint``, else ``checkpoint.old``), or None.
+
+    A checkpoint in the earlier pickle format (``state.pt``) is an error rather than None: starting
+    over would cut back the run's metrics without a word."""
     for name in (NAME, f"{NAME}.old"):
         path = out_dir / name
-        if (path / "state.pt").exists() and (path / "loop.json").exists():
+        if all((path / f).exists() for f in FILES):
             return path
+    for name in (NAME, f"{NAME}.old"):
+        if (out_dir / name / LEGACY).exists():
+            raise CheckpointError(
+                f"{out_dir / name} is a checkpoint in the old pickle format ({LEGACY}), which is not loaded: "
+                "unpickling a file can run arbitrary code. Finish that run with the ttrl-engine version that "
+                "wrote it, or start this one in another --output_dir")
     return None
 
 
 def load(path: Path, *, policy, rng: random.Random) -> dict:
     """Restore the policy (``policy.load_state_dict``) and every RNG from ``path``; returns the loop state."""
-    state = torch.load(path / "state.pt", weights_only=False)
+    tensors = load_file(path / "state.safetensors")
+    state = tensor_tree.join(json.loads((path / "state.json").read_text(encoding="utf-8")), tensors)
     policy.load_state_dict(state["policy"])
     rngs = state["rng"]
     rng.setstate(rngs["loop"])
@@ -86,10 +113,16 @@ def load(path: Path, *, policy, rng: random.Random) -> dict:
     return json.loads((path / "loop.json").read_text(encoding="utf-8"))
 
 
-def _write(path: Path, write) -> None:
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to disk."""
     with path.open("wb") as f:
-        write(f)
+        f.write(data)
         f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as f:
         os.fsync(f.fileno())
 
 

@@ -97,14 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
-    import yaml
-
-    from engine import checkpoint
-    from engine.build import build
-    from engine.config import (ConfigError, check_output_dir, config_differences, parse_config, saved_options,
-                               split_options)
-    from engine.loop import run
-    from engine.report import before_after_table
+    from engine import run_lock
+    from engine.config import ConfigError, check_output_dir, parse_config, saved_options, split_options
 
     own, argv = split_options(argv, ("resume",))
     resume = own["resume"][-1] if own else None
@@ -119,6 +113,21 @@ def cmd_run(argv: list[str]) -> int:
         print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "
               "Choose another --output_dir to run again.")
         return 0
+    check_output_dir(out_dir)  # before any model loads
+    with run_lock.acquire(out_dir):  # held until the run ends; a second run into out_dir is refused
+        return run_in(cfg, out_dir, resume)
+
+
+def run_in(cfg, out_dir: Path, resume: str | None) -> int:
+    """``ttrl run`` in a run directory this process owns."""
+    import yaml
+
+    from engine import checkpoint
+    from engine.build import build
+    from engine.config import ConfigError, config_differences
+    from engine.loop import run
+    from engine.report import before_after_table
+
     saved = out_dir / "config.yaml"
     if checkpoint.find(out_dir) is not None and saved.exists():
         # Re-running into a run directory continues it, but only with the options it was started with.
@@ -128,7 +137,6 @@ def cmd_run(argv: list[str]) -> int:
                               f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
     elif resume is not None:
         print(f"ttrl run: no checkpoint in {out_dir} yet; starting the run from its beginning")
-    check_output_dir(out_dir)  # before any model loads
     saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     from transformers import set_seed
 
@@ -144,7 +152,8 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    """Evaluate without training: the base model, or base + a saved adapter."""
+    """Evaluate without training: the base model, base + a saved LoRA adapter, or a full fine-tuning run's
+    weights (``--adapter`` on its ``adapter/`` folder), sampled by transformers or vLLM (``--sampler``)."""
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
@@ -162,13 +171,28 @@ def cmd_eval(argv: list[str]) -> int:
     model_path, data, template = resolve_model_and_data(cfg)
     tokenizer = load_tokenizer(model_path)
     tasks = load_prepared_tasks(cfg, tokenizer, data, template)
-    dtype = getattr(torch, torch_dtype(cfg.model.dtype, cfg.grpo.use_cpu))
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    lora = None
     if cfg.model.adapter:
+        if adapter_kind(cfg.model.adapter) == "full":  # a full fine-tuning run saves all weights there
+            print(f"ttrl eval: {cfg.model.adapter} holds full model weights (a full fine-tuning run); "
+                  "evaluating them in place of the model")
+            model_path = cfg.model.adapter
+        else:
+            lora = cfg.model.adapter
+    dtype = getattr(torch, torch_dtype(cfg.model.dtype, cfg.grpo.use_cpu))
+    model = None
+    if cfg.ttrl.sampler == "hf" or lora:  # vLLM loads the model itself; a LoRA adapter is merged into it
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    if lora:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, cfg.model.adapter)
-    sampler = HFSampler(model, tokenizer, batch_size=cfg.ttrl.sampler_batch_size, progress=cfg.ttrl.progress)
+        model = PeftModel.from_pretrained(model, lora)
+    if cfg.ttrl.sampler == "vllm":
+        from engine.sampler_vllm import make_vllm_sampler
+
+        sampler = make_vllm_sampler(cfg, model_path, tokenizer, model)
+    else:
+        sampler = HFSampler(model, tokenizer, batch_size=cfg.ttrl.sampler_batch_size, progress=cfg.ttrl.progress)
     g = cfg.grpo
     params = SamplingParams(n=cfg.eval.eval_k, temperature=cfg.eval.eval_temperature or g.temperature, top_p=g.top_p,
                             max_new_tokens=cfg.eval.eval_max_tokens or g.max_completion_length)
@@ -177,10 +201,27 @@ def cmd_eval(argv: list[str]) -> int:
     out_dir = Path(g.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps({"model": cfg.model.model, "adapter": cfg.model.adapter,
+                                                   "weights": model_path, "sampler": cfg.ttrl.sampler,
                                                    "data": cfg.data.data, **result}, indent=2), encoding="utf-8")
     for k, v in result.items():
         print(f"{k}: {v:.4f}")
     return 0
+
+
+def adapter_kind(path: str) -> str:
+    """What a run's ``adapter/`` folder holds: ``"lora"`` (a PEFT adapter, ``adapter_config.json``) or
+    ``"full"`` (a full fine-tuning run's whole model: ``config.json`` and weights); anything else is an
+    error saying what ``--adapter`` takes."""
+    from engine.config import ConfigError
+
+    folder = Path(path)
+    if (folder / "adapter_config.json").exists():
+        return "lora"
+    if (folder / "config.json").exists() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+        return "full"
+    what = f"holds {', '.join(sorted(p.name for p in folder.iterdir())[:8]) or 'nothing'}" if folder.is_dir() else "does not exist"
+    raise ConfigError(f"--adapter {path} {what}: it takes a run's adapter/ folder, either a LoRA adapter "
+                      "(adapter_config.json) or a full fine-tuning run's weights (config.json and *.safetensors)")
 
 
 def eval_completions(cfg) -> int:

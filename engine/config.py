@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from engine.registry import spec_search_path
 from engine.trl_options import refused_changes
 
 
@@ -214,9 +215,11 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
     parser = make_parser()
     known = {a.dest for a in parser._actions if a.dest != "help"}
     file_values: dict[str, Any] = dict(base or {})
+    config_dir = None
     if argv and not argv[0].startswith("-"):
         file_values = load_yaml(argv[0], known)
-        sys.path.insert(0, str(Path(argv.pop(0)).resolve().parent))  # 'module:function' specs next to the config
+        config_dir = Path(argv.pop(0)).resolve().parent
+    spec_search_path(config_dir)  # 'module:function' specs: the cwd first, then next to the config
     probe, _ = parser.parse_known_args(argv)
     model_is_demo = (file_values.get("model", probe.model) == "demo")
     defaults: dict[str, Any] = {}
@@ -261,8 +264,10 @@ _DERIVED = {"num_generations", "per_device_train_batch_size", "steps_per_generat
 def saved_options(run_dir: str | Path) -> dict[str, Any]:
     """The options a run directory's ``config.yaml`` records, as a flat mapping ``parse_config`` takes as ``base``.
 
-    Only values that differ from the parser's defaults are kept; fields the engine derives, and the
-    masked ``*_token`` fields, are left out (they are recomputed or are not the user's to resume).
+    Every option is kept, defaults included: the demo and suite presets are applied again on resume,
+    so a value the run had that equals the parser's default but not the preset's (``--n_votes 64`` on
+    the demo, whose preset is 32) would otherwise come back as the preset's. Fields the engine derives,
+    and the masked ``*_token`` fields, are left out (they are recomputed or are not the user's to resume).
     """
     path = Path(run_dir) / "config.yaml"
     try:
@@ -273,8 +278,8 @@ def saved_options(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--resume {run_dir}: {path} is not valid YAML: {err}") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume {run_dir}: {path} does not hold a mapping of options")
-    defaults = {a.dest: a.default for a in make_parser()._actions if a.dest != "help"}
-    return {k: v for k, v in _flat_options(saved).items() if k in defaults and k not in _DERIVED and v != defaults[k]}
+    options = {a.dest for a in make_parser()._actions if a.dest != "help"}
+    return {k: v for k, v in _flat_options(saved).items() if k in options and k not in _DERIVED}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -8,6 +8,14 @@ This module builds both in code and caches them:
   has 1–4 digits and ``y`` one digit, plus a small share (2%) of 5-digit ``x``;
 * the demo task: 128 held-out prompts ``xxxxx+y=`` (5-digit ``x``), none seen in pre-training.
 
+The pre-trained weights ship with the package (``engine/demo_model.safetensors``, ~520 KB): floating
+point differs between CPUs (an AVX2 and an AVX-512 machine pre-train different models from the same
+seed: greedy 75.0% vs 84.4% before TTRL), so a model pre-trained at first use would make the demo's
+numbers depend on the machine. ``build_demo`` writes the config and tokenizer (integer-only, the same
+everywhere) beside a copy of the shipped weights; ``python -m engine.demo --rebuild`` is how the
+shipped file was made (``pretrain``, on an AVX2 CPU) and prints the hash to put in
+``DEMO_WEIGHTS_SHA256``. Other seeds and ``steps`` (tests) are still pre-trained on the spot.
+
 Why this regime (see ``DEMO_SETTINGS`` and tests/test_demo.py): TTRL raises *greedy* accuracy only when
 training on majority-vote pseudo-labels generalizes, not just sharpens. A length shift does that: the
 model has the carry-and-copy algorithm for short numbers and is only partly right on the rarer long
@@ -21,15 +29,21 @@ other stop points, or lr 3e-4, sometimes reinforce a consistent wrong carry and 
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 from engine.cache import atomic_dir, default_cache_dir
 
-DEMO_VERSION = "v2"            # bump when the recipe changes: it names the cache dir, so a change rebuilds
+DEMO_VERSION = "v3"            # bump when the recipe changes: it names the cache dir, so a change rebuilds
 DEMO_TEMPLATE = "{question}"   # the prompt is the bare expression; the model answers "<number><eos>"
 DEMO_SEED = 0
+SHIPPED_WEIGHTS = Path(__file__).with_name("demo_model.safetensors")  # pretrain(DEMO_SEED), made on AVX2
+# weights_sha256 of SHIPPED_WEIGHTS (`python -m engine.demo --rebuild` prints it)
+DEMO_WEIGHTS_SHA256 = "2a24b0acfaa9b70bf3c3e1ddf8b6ab75e97f147f485e535df5aed9af6de169aa"
 
 # TTRL settings that delivered the gain (option names of `ttrl run`; the demo preset's defaults).
 DEMO_SETTINGS: dict = {
@@ -161,7 +175,7 @@ def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None):
     it (tests use a small one). ``log`` also reports validation greedy accuracy on held-out long prompts.
     One thread: faster under load and reproducible for a model this small."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     v = vocab()
     held = {t["prompt"] for t in demo_tasks(seed)}
@@ -170,9 +184,7 @@ def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None):
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(v), bos_token_id=v["<bos>"], eos_token_id=v["<eos>"],
-                          pad_token_id=v["<pad>"], **_MODEL_CFG)
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(model_config())
         opt = torch.optim.AdamW(model.parameters(), lr=_TRAIN["lr"], weight_decay=0.0, betas=(0.9, 0.98))
         stream = training_examples(seed, held)
         limit = steps if steps is not None else _TRAIN["steps"]
@@ -193,6 +205,41 @@ def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None):
     return model
 
 
+def weights_sha256(tensors) -> str:
+    """SHA-256 over named tensors (sorted by name: name, dtype, shape, raw bytes): the identity of a set
+    of weights, however they were loaded (a safetensors file, ``model.named_parameters()``)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_config():
+    """The demo model's ``LlamaConfig`` (integers only: the same on every machine)."""
+    from transformers import LlamaConfig
+
+    v = vocab()
+    return LlamaConfig(vocab_size=len(v), bos_token_id=v["<bos>"], eos_token_id=v["<eos>"], pad_token_id=v["<pad>"],
+                       **_MODEL_CFG)
+
+
+def write_shipped_model(model_dir: Path) -> None:
+    """Config, generation config and tokenizer as ``save_pretrained`` writes them, and the shipped weights."""
+    from transformers import GenerationConfig
+
+    import torch
+
+    cfg = model_config()
+    cfg.architectures, cfg.dtype = ["LlamaForCausalLM"], torch.float32  # what the model's save_pretrained adds
+    cfg.save_pretrained(model_dir)
+    GenerationConfig.from_model_config(cfg).save_pretrained(model_dir)
+    shutil.copyfile(SHIPPED_WEIGHTS, model_dir / "model.safetensors")
+
+
 def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed: int = DEMO_SEED,
                steps: int | None = None, log=None) -> tuple[Path, Path]:
     """Build (once) and return ``(model_dir, tasks_file)``.
@@ -200,8 +247,9 @@ def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed
     ``model_dir`` holds config, safetensors and tokenizer (``from_pretrained`` loads it);
     ``tasks_file`` is JSON lines with ``id``, ``prompt``, ``answer``. The build lives in
     ``<cache>/demo-<version>-s<seed>[-steps<n>]``; it is written to a temp dir and renamed into place,
-    so a killed build never leaves a half cache. ``force`` rebuilds; ``steps`` fixes the pre-training
-    length (a quick, weaker build for tests).
+    so a killed build never leaves a half cache. ``force`` rebuilds. The default seed and length use
+    the shipped weights (no pre-training); another ``seed`` or a ``steps`` (a quick, weaker build for
+    tests) pre-trains here.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = f"demo-{DEMO_VERSION}-s{seed}" + (f"-steps{steps}" if steps is not None else "")
@@ -210,10 +258,43 @@ def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed
     if final.is_dir() and not force and (model_dir / "config.json").exists() and tasks_file.exists():
         return model_dir, tasks_file
     with atomic_dir(final) as tmp:
-        model = pretrain(seed, steps=steps, log=log)
-        model.save_pretrained(tmp / "model")
+        if seed == DEMO_SEED and steps is None:
+            (tmp / "model").mkdir()
+            write_shipped_model(tmp / "model")
+        else:
+            pretrain(seed, steps=steps, log=log).save_pretrained(tmp / "model")
         make_tokenizer().save_pretrained(tmp / "model")
         with open(tmp / "tasks.jsonl", "w") as f:
             for t in demo_tasks(seed):
                 f.write(json.dumps(t) + "\n")
     return model_dir, tasks_file
+
+
+def rebuild_shipped_weights(log=print) -> str:
+    """Pre-train the demo model (``pretrain(DEMO_SEED)``) and write it to ``SHIPPED_WEIGHTS``; returns its
+    ``weights_sha256``. The result depends on the CPU's floating point: the shipped file was made on AVX2."""
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    model = pretrain(DEMO_SEED, log=log)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        shutil.copyfile(Path(tmp) / "model.safetensors", SHIPPED_WEIGHTS)
+    return weights_sha256(load_file(SHIPPED_WEIGHTS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--rebuild", action="store_true", help=f"pre-train the demo model and overwrite {SHIPPED_WEIGHTS.name}")
+    args = parser.parse_args(argv)
+    if not args.rebuild:
+        parser.print_help()
+        return 0
+    digest = rebuild_shipped_weights()
+    print(f"wrote {SHIPPED_WEIGHTS}; weights_sha256 = {digest} (set DEMO_WEIGHTS_SHA256 to it)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,7 +66,11 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
         return result
 
     filter_stages = build_filters(t.filters, FILTERS)
-    skippers = [stage.fn for stage in filter_stages if hasattr(stage.fn, "skip")]  # GRESO: before sampling
+    # GRESO skips prompts before sampling them; in monitor mode it only counts what it would skip
+    # (the expected number, from its skip_probability: no draw, so the run's random stream is untouched).
+    skip_stages = [stage for stage in filter_stages if hasattr(stage.fn, "skip")]
+    skippers = [stage.fn for stage in skip_stages if stage.mode == "enforce"]
+    watchers = [stage for stage in skip_stages if stage.mode == "monitor"]
     stream = PromptStream(train_tasks, t.episodes, rng)
 
     # Resume: a checkpoint in out_dir puts every piece of state back as it was after its step, and
@@ -130,6 +134,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 batch_tasks, skipped = stream.take(
                     t.prompts_per_step - len(kept), skip=lambda task: any(s.skip(task.id, rng) for s in skippers))
                 counts["prompts/skipped"] += skipped
+                for stage in watchers:
+                    key = f"filters/{stage.name}/would_skip"
+                    counts[key] = counts.get(key, 0.0) + sum(stage.fn.skip_probability(task.id) for task in batch_tasks)
                 bar.update(len(batch_tasks) + skipped)
                 if not batch_tasks:
                     break
@@ -152,16 +159,22 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
-            for skipper in skippers:
-                row.update(skipper.end_step())
-            # TRL splits a batch's rows into gradient_accumulation_steps equal parts: train on a multiple.
-            unit = g.gradient_accumulation_steps // math.gcd(g.gradient_accumulation_steps, t.n_train)  # groups
-            kept = kept[: len(kept) - len(kept) % unit]
+            for stage in skip_stages:
+                row.update(stage.fn.end_step())
+            # TRL splits a batch's rows into gradient_accumulation_steps equal parts: train on whole groups
+            # whose rows make a multiple (unit groups: GA / gcd(GA, n_train)).
+            unit = g.gradient_accumulation_steps // math.gcd(g.gradient_accumulation_steps, t.n_train)
+            survived = len(kept)
+            kept = kept[: survived - survived % unit]
             row.update({"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
-                        "groups/trained": len(kept)})
+                        "groups/trained": len(kept), "groups/cut_for_accumulation": survived - len(kept)})
+            if survived > len(kept):
+                log(f"iteration {len(history)}: {survived - len(kept)} of the {survived} groups that passed the "
+                    f"filters left out: gradient_accumulation_steps={g.gradient_accumulation_steps} needs a "
+                    f"multiple of {unit} groups of {t.n_train} rows" + ("; no update" if not kept else ""))
             if not kept:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
-                if sampled:
+                if sampled and not survived:
                     log(f"iteration {len(history)}: every group was filtered out ({len(sampled)} sampled); no update")
             else:
                 step += 1
@@ -191,9 +204,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
             policy.log(row)  # the --report_to trackers (TensorBoard, W&B, ...)
-            rows = len(history) - 1
             if (interrupted.is_set() or stream.episodes_finished > finished_at_start
-                    or (t.save_every and rows % t.save_every == 0)):
+                    or (kept and t.save_every and step % t.save_every == 0)):  # every save_every optimizer steps
                 save_checkpoint()
             if interrupted.is_set():
                 raise KeyboardInterrupt(f"checkpoint saved after step {step}; continue with "

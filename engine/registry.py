@@ -1,7 +1,8 @@
 """One resolver for every pluggable stage (rewards, filters, selectors, answer types).
 
 A *spec* is either a registry name (``"majority_vote"``), an import path in entry-point syntax
-(``"my_rewards:length_penalty"``, the module found next to the config or on ``sys.path``), or a mapping
+(``"my_rewards:length_penalty"``; the module is looked for in the current directory, then next to the
+config file, then on the rest of ``sys.path``: see ``spec_search_path``), or a mapping
 ``{"name": <either of those>, **kwargs}``. Installed packages add names through the entry-point group
 ``ttrl_engine.<kind>`` (e.g. ``[project.entry-points."ttrl_engine.rewards"]``).
 
@@ -16,13 +17,26 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 
 class SpecError(ValueError):
     """A stage spec that names nothing, or names something unusable."""
+
+
+def spec_search_path(config_dir: str | Path | None = None) -> None:
+    """Put the current directory, then ``config_dir`` (the YAML config's folder), at the front of
+    ``sys.path``, so ``my_rewards:fn`` finds ``./my_rewards.py`` the way ``python -m``, pytest and uvicorn
+    find a module in the directory they are started from. The ``ttrl`` console script alone would not:
+    a script's ``sys.path[0]`` is the script's own folder (the environment's ``bin``), not the cwd."""
+    front = [os.getcwd()] + ([str(Path(config_dir).resolve())] if config_dir is not None else [])
+    front = list(dict.fromkeys(front))
+    sys.path[:] = front + [p for p in sys.path if p not in front]
 
 
 def registered(registry: Mapping[str, Any], kind: str) -> dict[str, Any]:

@@ -9,7 +9,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from factories import make_model_dir  # noqa: E402
+from factories import make_model_dir, require_shared_data  # noqa: E402
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real benchmark data folder (skip without it, fail with TTRL_REQUIRE_DATA=1)."""
+    return require_shared_data()
 
 
 @pytest.fixture(scope="session")

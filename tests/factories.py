@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from benchmarks.miniature import make_tokenizer  # the character-level tokenizer the miniatures use too
 from engine.types import Rollout, RolloutGroup, Task
+
+# The real benchmark files, read in place (never copied into the project).
+SHARED_DATA = Path(os.environ.get("TTRL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def require_shared_data() -> Path:
+    """``SHARED_DATA``, or skip the test without it — unless ``TTRL_REQUIRE_DATA=1`` (CI): then fail, so a
+    missing data folder cannot turn the benchmark-data tests into silent skips."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    if os.environ.get("TTRL_REQUIRE_DATA") == "1":
+        pytest.fail(f"TTRL_REQUIRE_DATA=1 but there is no benchmark data at {SHARED_DATA} (set TTRL_DATA_DIR)")
+    pytest.skip(f"no benchmark data at {SHARED_DATA}")
 
 
 def make_model_dir(path: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:

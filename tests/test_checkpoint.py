@@ -116,7 +116,7 @@ def test_rerun_with_other_options_names_them(tmp_path, capsys):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("n_votes: 8\n")
     (run_dir / "checkpoint").mkdir()
-    for name in ("state.pt", "loop.json"):
+    for name in checkpoint.FILES:
         (run_dir / "checkpoint" / name).write_text("")
     assert main(["run", "--output_dir", str(run_dir), "--episodes", "1"]) == 2
     err = capsys.readouterr().err
@@ -162,11 +162,11 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypat
     saved = policy.model.weight.detach().clone()
     policy.train_step()
 
-    def dies_half_way(obj, f):
-        f.write(b"partial")
+    def dies_half_way(path, data):
+        path.write_bytes(data[: len(data) // 2])
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(torch, "save", dies_half_way)
+    monkeypatch.setattr(checkpoint, "write_synced", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(tmp_path, policy=policy, rng=rng, loop_state={"step": 2})
     monkeypatch.undo()
@@ -202,3 +202,83 @@ def test_truncate_jsonl_keeps_the_rows_a_checkpoint_covers(tmp_path):
     assert not (tmp_path / "none.jsonl").exists()
     _truncate_jsonl(path, 0)
     assert path.read_text() == ""
+
+
+# --- no pickles: a checkpoint is safetensors and JSON, and loading one runs no code from it ------
+
+def test_a_checkpoint_holds_no_pickle_and_round_trips_exactly(tmp_path):
+    import random
+
+    from safetensors.torch import load_file
+
+    policy, rng = Policy(), random.Random(3)
+    for _ in range(2):
+        policy.train_step()
+    checkpoint.save(tmp_path, policy=policy, rng=rng, loop_state={"step": 2})
+    path = checkpoint.find(tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == sorted(checkpoint.FILES)
+    json.loads((path / "state.json").read_text())            # plain JSON ...
+    tensors = load_file(path / "state.safetensors")          # ... and plain tensors
+    assert "policy/optimizer/state/0/exp_avg" in tensors and "rng/torch" in tensors
+    for p in path.iterdir():                                 # no pickle (protocol 2+ starts 0x80; torch.save is a zip)
+        assert p.read_bytes()[:1] != b"\x80" and p.read_bytes()[:2] != b"PK", p.name
+
+    want = policy.state_dict()
+    other = Policy()
+    checkpoint.load(path, policy=other, rng=random.Random(0))
+    got = other.state_dict()
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"]) and got["steps"] == 2
+    assert got["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]   # betas stay a tuple, ids ints
+    for pid, slots in want["optimizer"]["state"].items():
+        assert all(torch.equal(got["optimizer"]["state"][pid][k], v) for k, v in slots.items())
+
+
+def test_loading_never_unpickles(tmp_path):
+    """A malicious pickle put in a checkpoint (as ``state.pt``, the earlier format) is never executed:
+    beside a real checkpoint it is ignored; alone it is refused with a clear error."""
+    import pickle
+    import random
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    policy = Policy()
+    checkpoint.save(run_dir, policy=policy, rng=random.Random(0), loop_state={"step": 1})
+    (run_dir / "checkpoint" / checkpoint.LEGACY).write_bytes(pickle.dumps(Exploit()))
+    checkpoint.load(checkpoint.find(run_dir), policy=policy, rng=random.Random(0))
+    assert not marker.exists()
+
+    for name in checkpoint.FILES:
+        (run_dir / "checkpoint" / name).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="old pickle format"):
+        checkpoint.find(run_dir)
+    assert not marker.exists()
+
+
+def test_resume_keeps_explicit_values_equal_to_the_parser_defaults(tmp_path):
+    """A run's options come back whole on resume, though the demo or suite preset is applied again:
+    an explicit value equal to the parser's default but not to the preset's stays (it used to be
+    dropped from the saved options, so the preset's came back and the resume was refused)."""
+    import yaml
+
+    from engine.config import config_differences, parse_config, saved_options
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text('{"id": "a", "question": "1+1=", "answer": "2"}\n')
+    suite = tmp_path / "mine.yaml"
+    suite.write_text(yaml.safe_dump({"source": str(data), "eval_k": 4, "episodes": 3}))
+    cases = [["--n_votes", "64", "--n_train", "16"],            # demo preset: 32 votes; parser default 64
+             ["--learning_rate", "1e-5"],                        # demo preset 1e-4; engine default 1e-5
+             ["--model", str(tmp_path), "--suite", str(suite), "--eval_k", "16", "--episodes", "1"]]
+    for i, args in enumerate(cases):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        cfg = parse_config([*args, "--output_dir", str(run_dir)])
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        resumed = parse_config(["--output_dir", str(run_dir)], base=saved_options(run_dir))
+        assert config_differences(cfg.to_dict(), resumed.to_dict()) == [], args

@@ -66,9 +66,11 @@ def test_unknown_command_lists_valid_ones():
 
 
 def test_default_run_builds_the_demo_and_improves_it(tmp_path):
-    """`ttrl run` with no arguments, from an empty cache: the demo model is built, adapted, and its
-    sampled accuracy rises (the benchmark measures +20 points on average; asserting a rise of 5 leaves
-    room for other CPUs' floating point)."""
+    """`ttrl run` with no arguments, from an empty cache: the demo model is built from the shipped
+    weights (no pre-training), adapted, and its sampled accuracy rises (the benchmark measures +20
+    points on average; asserting a rise of 5 leaves room for other CPUs' floating point in the update)."""
+    from engine.demo import SHIPPED_WEIGHTS
+
     import os as _os
 
     env_cache = {"TTRL_CACHE": str(tmp_path / "cache")}
@@ -79,4 +81,61 @@ def test_default_run_builds_the_demo_and_improves_it(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["after"]["accuracy/avg@16"] >= summary["before"]["accuracy/avg@16"] + 0.05
     assert summary["compute"]["steps"] == 48
-    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").iterdir())
+    assert "pre-training" not in result.stdout + result.stderr
+    built = list((tmp_path / "cache").glob("demo-*/model/model.safetensors"))
+    assert len(built) == 1 and built[0].read_bytes() == SHIPPED_WEIGHTS.read_bytes()
+    assert summary["before"]["accuracy/greedy"] == 0.75    # the README's number, on every machine
+
+
+def readme_block(starts_with: str) -> str:
+    """The README's fenced code block whose first line starts with ``starts_with``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    found = [b for b in blocks if b.startswith(starts_with)]
+    assert len(found) == 1, f"no single README python block starting {starts_with!r}"
+    return found[0]
+
+
+def test_readme_custom_reward_through_the_ttrl_console_script(tmp_path):
+    """The README's custom reward as a user runs it: ``my_rewards.py`` in the current directory and the
+    installed ``ttrl`` script (not ``python -m``, which would put the cwd on sys.path by itself)."""
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("ttrl")
+    assert script.exists(), f"the ttrl console script is not installed beside {sys.executable}"
+    (tmp_path / "my_rewards.py").write_text(readme_block("# my_rewards.py"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([str(script), "run", "--reward", "my_rewards:short_and_agreeing", "--episodes", "1",
+                             "--limit", "8", "--prompts_per_step", "4", "--n_votes", "4", "--n_train", "2",
+                             "--eval_k", "2", "--progress", "false", "--output_dir", "run"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:  # the length penalty makes every reward fractional: the custom reward ran
+        total = row["reward/mean"] * row["prompts/sampled"] * 4
+        assert abs(total - round(total)) > 1e-6
+
+
+def test_ttrl_eval_adapter_of_a_full_finetuning_run(tiny_model, tiny_data, tmp_path):
+    """A full fine-tuning run saves the whole model in RUN/adapter; `ttrl eval --adapter` evaluates it
+    (it used to hand the folder to PEFT, which failed), and a folder that is neither says what it takes."""
+    run = tmp_path / "run"
+    result = ttrl("run", "--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
+                  "--lora", "false", "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "2",
+                  "--max_completion_length", "6", "--eval_k", "2", "--progress", "false", "--output_dir", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (run / "adapter" / "adapter_config.json").exists() and (run / "adapter" / "config.json").exists()
+    common = ["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}", "--eval_k", "2",
+              "--max_completion_length", "6", "--progress", "false"]
+    result = ttrl("eval", *common, "--adapter", str(run / "adapter"), "--output_dir", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "holds full model weights" in result.stdout
+    scores = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert scores["weights"] == str(run / "adapter") and 0.0 <= scores["accuracy/avg@2"] <= 1.0
+
+    result = ttrl("eval", *common, "--adapter", str(tmp_path), "--output_dir", str(tmp_path / "eval2"))
+    assert result.returncode == 2 and "it takes a run's adapter/ folder" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.data import DataError, load_tasks
+from factories import SHARED_DATA
 
-DATA = Path(os.environ.get("TTRL_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = SHARED_DATA
 
 # Record counts as found in the files. The MAWPS files have no final newline, so `wc -l` reports one
 # fewer (394 / 599 / 561) than the records they hold.
@@ -33,7 +34,7 @@ REAL_FILES = {
     "mawps/multiarith.jsonl": 600,
 }
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+needs_data = pytest.mark.usefixtures("shared_data")  # skip without the data; fail if TTRL_REQUIRE_DATA=1
 
 
 # --- factories -------------------------------------------------------------------------------------
@@ -304,3 +305,21 @@ def test_hub_id_goes_to_load_dataset(monkeypatch):
     assert triples(tasks) == [("0", "Q1", "7")]
     msg = error_of("openai/gsm8k", prompt_field="text")
     assert "openai/gsm8k" in msg and "row 0" in msg and "'text'" in msg
+
+
+def test_benchmark_data_tests_fail_rather_than_skip_when_the_data_is_required(tmp_path):
+    """Without ../shared/data the benchmark-data tests skip; with TTRL_REQUIRE_DATA=1 (CI) they fail."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TTRL_REQUIRE_DATA"}
+    env["TTRL_DATA_DIR"] = str(tmp_path / "no-data-here")
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_rewards_shared_data.py",
+            "-k", "respellings and AIME-TTT"]
+    skipped = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout[-2000:]
+    failed = subprocess.run(args, cwd=root, env={**env, "TTRL_REQUIRE_DATA": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert failed.returncode == 1 and "1 error" in failed.stdout, failed.stdout[-2000:]   # fails in setup
+    assert "TTRL_REQUIRE_DATA=1 but there is no benchmark data" in failed.stdout

@@ -1,5 +1,6 @@
 """The demo build: files in place, reloadable, tokenizer round-trips, held-out prompts really held out,
-and deterministic task files. Uses a short pre-training (``steps``) so it stays a few seconds."""
+and deterministic task files. Uses a short pre-training (``steps``) so it stays a few seconds; the
+default build uses the shipped weights, checked by their hash."""
 
 import itertools
 import json
@@ -52,3 +53,20 @@ def test_rebuild_same_seed_identical(tmp_path):
     assert (a[0] / "model.safetensors").read_bytes() == (b[0] / "model.safetensors").read_bytes()
     c = demo.build_demo(tmp_path / "a", steps=3, force=True)
     assert c[1].read_bytes() == a[1].read_bytes()
+
+
+def test_default_build_uses_the_shipped_weights_without_pretraining(tmp_path, monkeypatch):
+    """The same model on every machine: the default build copies ``engine/demo_model.safetensors`` (no
+    pre-training, whose floating point differs between CPUs) and the loaded weights hash to the
+    committed value."""
+    from transformers import AutoModelForCausalLM
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("the default demo build must not pre-train")
+
+    monkeypatch.setattr(demo, "pretrain", no_pretraining)
+    model_dir, tasks_file = demo.build_demo(tmp_path)
+    assert (model_dir / "model.safetensors").read_bytes() == demo.SHIPPED_WEIGHTS.read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert demo.weights_sha256(dict(model.named_parameters())) == demo.DEMO_WEIGHTS_SHA256
+    assert model.config.to_dict()["hidden_size"] == 64 and tasks_file.exists()

@@ -127,16 +127,23 @@ class RecordingPolicy:
         self.batches = list(state["batches"])
 
 
-def loop_run(tmp_path, unanimous, n_tasks, *options):
+def loop_run(tmp_path, unanimous, n_tasks, *options, filters=None, log=lambda s: None):
+    """The real loop on ``n_tasks`` scripted tasks; ``filters`` (specs with modes) go through a YAML file."""
+    import yaml
+
     from engine.config import parse_config
     from engine.loop import run
 
-    cfg = parse_config(["--model", "m", "--data", "d.jsonl", "--output_dir", str(tmp_path), "--n_votes", "8",
+    config = []
+    if filters is not None:
+        (tmp_path / "filters.yaml").write_text(yaml.safe_dump({"filters": filters}))
+        config = [str(tmp_path / "filters.yaml")]
+    cfg = parse_config([*config, "--model", "m", "--data", "d.jsonl", "--output_dir", str(tmp_path), "--n_votes", "8",
                         "--n_train", "4", "--prompts_per_step", "2", "--eval_k", "2", "--progress", "false",
                         *options])
     tasks = [make_task(i, label="1") for i in range(n_tasks)]
     sampler, policy = ScriptedSampler(unanimous), RecordingPolicy()
-    run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=tmp_path, log=lambda s: None)
+    run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=tmp_path, log=log)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return sampler, policy, rows
 
@@ -167,3 +174,39 @@ def test_history_skip_saves_sampling_across_episodes(tmp_path):
     skipped = sum(r["prompts/skipped"] for r in rows)
     assert skipped + len(sampler.sampled) == 32 and skipped >= 12
     assert policy.batches == []  # nothing informative, nothing trained
+
+
+def test_history_skip_in_monitor_mode_only_counts(tmp_path):
+    # The same run as above with GRESO in monitor mode: every prompt is sampled, none skipped, and the
+    # prompts it would have skipped are counted (the expected number, from its skip probabilities).
+    sampler, policy, rows = loop_run(tmp_path, {str(i) for i in range(4)}, 4, "--episodes", "8",
+                                     "--max_refill_rounds", "0",
+                                     filters=["zero_variance", {"name": "history_skip", "mode": "monitor"}])
+    assert sum(r["prompts/skipped"] for r in rows) == 0 and len(sampler.sampled) == 32
+    assert sum(r["filters/history_skip/would_skip"] for r in rows) >= 12
+    assert rows[-1]["filters/history_skip/p"] < 0.5      # it still learns its p from what it sees
+
+
+def test_save_every_counts_optimizer_steps_not_metric_rows(tmp_path):
+    # Every group is unanimous and dropped: 4 rows, no optimizer step. save_every 2 counts steps, so the
+    # only checkpoint is the one at the episode's end (counting rows gave one at row 2 as well).
+    _, policy, rows = loop_run(tmp_path, {str(i) for i in range(8)}, 8, "--filters", "zero_variance",
+                               "--max_refill_rounds", "0", "--save_every", "2")
+    assert len(rows) == 4 and policy.batches == []
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checkpoints"]["count"] == 1
+    # With an update every row, a checkpoint every 2 steps: rows 2 and 4 (row 4 also ends the episode).
+    _, policy, rows = loop_run(tmp_path / "b", set(), 8, "--save_every", "2")
+    assert policy.batches == [2, 2, 2, 2]
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["checkpoints"]["count"] == 2
+
+
+def test_groups_cut_for_gradient_accumulation_are_reported_as_such(tmp_path):
+    # 3 informative tasks, 2 per step, gradient_accumulation_steps 2: the last step has 1 group, which
+    # TRL cannot split in 2; it is left out, and the log says so (not "every group was filtered out").
+    logged = []
+    _, policy, rows = loop_run(tmp_path, set(), 3, "--gradient_accumulation_steps", "2", log=logged.append)
+    assert policy.batches == [2] and rows[-1]["groups/cut_for_accumulation"] == 1
+    assert rows[-1]["update/skipped"] == 1
+    assert not any("filtered out" in line for line in logged)
+    assert any("gradient_accumulation_steps=2" in line and "1 of the 1 groups" in line for line in logged)

@@ -5,22 +5,22 @@ MATH LaTeX such as ``\\$32,\\!348`` or ``864 \\mbox{ inches}^2``, GPQA letters).
 (a) the label is equivalent to itself, (b) to re-spelled versions of itself (boxed, stated, float vs
 int, thousands separators, option-letter forms), (c) not to a neighbouring row's label whose
 normalized form differs. For MATH the solution's last ``\\boxed{}`` must match the answer field.
-No row is excluded. The data is read in place (``TTRL_DATA_DIR`` overrides the location).
+No row is excluded. The data is read in place (``TTRL_DATA_DIR`` overrides the location); without it
+these tests skip, unless ``TTRL_REQUIRE_DATA=1`` (CI sets it): then they fail.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-from pathlib import Path
 
 import pytest
 
+from factories import SHARED_DATA
 from rewards import answers_equivalent, extract_answer, extract_reference, normalize_answer
 from rewards.equivalence import _canonical_number
 
-DATA_DIR = Path(os.environ.get("TTRL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = SHARED_DATA
 MATH_LEVELS = [f"ttrl/MATH-L{i}-TTT/test.json" for i in range(1, 6)]
 FILES = [
     "ttrl/AIME-TTT/test.json",
@@ -34,7 +34,7 @@ FILES = [
     "mawps/multiarith.jsonl",
 ]
 
-pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
+pytestmark = pytest.mark.usefixtures("shared_data")  # skips without the data, fails if TTRL_REQUIRE_DATA=1
 
 
 @functools.cache
@@ -70,9 +70,17 @@ def respellings(label: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_label_is_equivalent_to_itself(name):
+def test_label_reads_back_unchanged_from_a_boxed_answer(name):
+    # A model that answers exactly the label, boxed, must be read as exactly the label: the completion
+    # extractor and the normaliser give the label's own normal form back, string for string (not
+    # merely an equivalent one), and normalising is idempotent. (``answers_equivalent(lab, lab)``,
+    # which this replaced, is true by its first line, so it could not fail.)
     _, labels = load(name)
-    assert [lab for lab in labels if not answers_equivalent(lab, lab)] == []
+    norms = [normalize_answer(lab) for lab in labels]
+    assert [lab for lab, n in zip(labels, norms) if not n] == []
+    assert [(lab, n) for lab, n in zip(labels, norms) if normalize_answer(n) != n] == []
+    read = [normalize_answer(extract_answer(f"Let me think.\nSo the answer is \\boxed{{{lab}}}.") or "") for lab in labels]
+    assert [(lab, r) for lab, r, n in zip(labels, read, norms) if r != n] == []
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -4,7 +4,6 @@ grading with hand-computed metrics, and a resumable two-benchmark ``ttrl suite``
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -14,11 +13,12 @@ import yaml
 from engine.completions import grade_completions, read_completions
 from engine.data import DataError
 from engine.suites import SUITES, SuiteError, load_suite
+from factories import SHARED_DATA
 from test_cli import ttrl
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("TTRL_DATA_DIR") or ROOT.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
+DATA_DIR = SHARED_DATA
+needs_data = pytest.mark.usefixtures("shared_data")  # skip without the data; fail if TTRL_REQUIRE_DATA=1
 LOCAL = [name for name, s in SUITES.items() if s.source is not None]
 
 

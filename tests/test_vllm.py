@@ -190,3 +190,22 @@ def test_ttrl_run_with_the_vllm_sampler(model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["compute"]["steps"] == 2 and summary["config"]["sampler"] == "vllm"
     assert (out / "report.md").exists() and (out / "adapter").is_dir()
+
+
+def test_ttrl_eval_with_the_vllm_sampler(model_dir, tmp_path):
+    """`ttrl eval --sampler vllm` samples with vLLM (it used to ignore the option and use transformers)."""
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(json.dumps({"id": f"t{i}", "question": f"{i}+{i}=", "answer": str(2 * i)}) + "\n"
+                            for i in range(4)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "eval", "--model", str(model_dir), "--data", str(data),
+         "--template", "{question}", "--sampler", "vllm", "--vllm_gpu_memory_utilization", str(KV_FRACTION),
+         "--eval_k", "2", "--max_completion_length", "6", "--progress", "false", "--output_dir", str(tmp_path / "e")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    scores = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert scores["sampler"] == "vllm" and scores["eval/labeled"] == 4.0
+    said = result.stdout + result.stderr
+    assert "Loading safetensors checkpoint shards" in said        # vLLM's weight loader ...
+    assert "Loading weights" not in said                          # ... not transformers' from_pretrained
