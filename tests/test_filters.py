@@ -108,10 +108,19 @@ class ScriptedSampler:
 
 
 class RecordingPolicy:
+    """The loop's policy contract (engine.update.GRPOPolicy's methods the loop calls), recording batch sizes."""
+
     model = None
+    finished = False   # --max_steps never reached
 
     def __init__(self):
         self.batches = []
+
+    def log(self, row):
+        pass
+
+    def close(self):
+        pass
 
     def update(self, batch, grad_filter=None):
         self.batches.append(len(batch) // batch.n_per_group)
@@ -202,11 +211,14 @@ def test_save_every_counts_optimizer_steps_not_metric_rows(tmp_path):
 
 
 def test_groups_cut_for_gradient_accumulation_are_reported_as_such(tmp_path):
-    # 3 informative tasks, 2 per step, gradient_accumulation_steps 2: the last step has 1 group, which
-    # TRL cannot split in 2; it is left out, and the log says so (not "every group was filtered out").
+    # 3 informative tasks, 2 per step of 4 trained rows each, gradient_accumulation_steps 8: the last step
+    # has 1 group, 4 rows, which TRL cannot split into 8 micro-batches; it is left out, and the log says so
+    # (not "every group was filtered out"). (With 2 micro-batches its 4 rows would split and it would train.)
     logged = []
-    _, policy, rows = loop_run(tmp_path, set(), 3, "--gradient_accumulation_steps", "2", log=logged.append)
+    _, policy, rows = loop_run(tmp_path, set(), 3, "--gradient_accumulation_steps", "8", log=logged.append)
     assert policy.batches == [2] and rows[-1]["groups/cut_for_accumulation"] == 1
     assert rows[-1]["update/skipped"] == 1
     assert not any("filtered out" in line for line in logged)
-    assert any("gradient_accumulation_steps=2" in line and "1 of the 1 groups" in line for line in logged)
+    assert any("gradient_accumulation_steps=8" in line and "1 of the 1 groups" in line for line in logged)
+    _, policy, _ = loop_run(tmp_path / "b", set(), 3, "--gradient_accumulation_steps", "2")
+    assert policy.batches == [2, 1]
