@@ -26,6 +26,8 @@ from pathlib import Path
 from benchmarks.provenance import collect, finish, footer
 from engine.types import Rollout, RolloutGroup, Task
 from rewards import REWARDS
+
+VARIANTS = ("majority_vote", "plain_majority", "confident_vote", "soft_vote")  # the vote rewards of rewards.REWARDS
 from rewards import answer_types, closed_form, compound, equivalence
 
 ROOT = Path(__file__).resolve().parent
@@ -105,7 +107,7 @@ def main() -> dict:
                "groups": len(answers), "rollouts_per_group": N_ROLLOUTS,
                "demo_step_s": step_s, "demo_step_total_s": step_total_s, "prompts_per_step": prompts_per_step,
                "variants": {}}
-    for name in REWARDS:
+    for name in VARIANTS:
         groups = build_groups(answers)
         clear_caches()
         cold = time_pass(REWARDS[name], groups)
