@@ -81,14 +81,15 @@ def make_data(path: Path, n: int) -> Path:
 
 
 def recipe(config: Path) -> dict:
-    """The options a config file sets (a flat YAML mapping), with the two that shape a step filled in from
-    the presets and defaults ``ttrl run`` would apply (the demo preset's 32 prompts per step, say)."""
+    """The options a config file sets (a flat YAML mapping), with those that shape a step filled in from the
+    presets and defaults ``ttrl run`` would apply (the demo preset's 32 prompts per step and full fine-tuning)."""
     from engine.config import parse_config
 
     options = yaml.safe_load(config.read_text()) or {}
     cfg = parse_config([str(config), "--output_dir", "unused"])
     options.setdefault("prompts_per_step", cfg.ttrl.prompts_per_step)
     options.setdefault("gradient_accumulation_steps", cfg.grpo.gradient_accumulation_steps)
+    options.setdefault("lora", cfg.model.lora)
     return options
 
 
