@@ -82,16 +82,14 @@ class HFSampler:
         try:
             if n <= self.batch_size:
                 per_batch = self.batch_size // n
-                chunks = [(tasks[i : i + per_batch], n) for i in range(0, len(tasks), per_batch)]
+                chunks = range(0, len(tasks), per_batch)
+                for start in tqdm(chunks, desc=desc, disable=not self.progress, leave=False):
+                    groups += self._generate_chunk(tasks[start : start + per_batch], params, n)
             else:  # one prompt at a time, its n samples in calls of at most batch_size sequences
                 sizes = [min(self.batch_size, n - i) for i in range(0, n, self.batch_size)]
-                chunks = [([task], size) for task in tasks for size in sizes]
-            for chunk, size in tqdm(chunks, desc=desc, disable=not self.progress, leave=False):
-                new = self._generate_chunk(chunk, params, size)
-                if size < n and groups and groups[-1].task is chunk[0] and len(groups[-1].rollouts) < n:
-                    groups[-1].rollouts += new[0].rollouts
-                else:
-                    groups += new
+                for task in tqdm(tasks, desc=desc, disable=not self.progress, leave=False):
+                    parts = [self._generate_chunk([task], params, size)[0] for size in sizes]
+                    groups.append(RolloutGroup(task=task, rollouts=[r for part in parts for r in part.rollouts]))
         finally:
             self.model.train(was_training)
         return groups

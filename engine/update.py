@@ -152,10 +152,9 @@ class GRPOPolicy:
             trainer.ref_model.to(compute_dtype)
         if lora is not None and lora.lora_dropout > 0:
             # TRL's disable_dropout ran after PEFT and zeroed the adapter's dropout too; the user asked for it.
-            for name, module in model.named_modules():
-                if name.rsplit(".", 1)[-1] == "lora_dropout" or ".lora_dropout." in f"{name}.":
-                    if isinstance(module, torch.nn.Dropout):
-                        module.p = lora.lora_dropout
+            for name, module in model.named_modules():  # PEFT's ...lora_dropout.<adapter> Dropout modules
+                if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
+                    module.p = lora.lora_dropout
         if args.gradient_checkpointing:
             kwargs = dict(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
