@@ -68,7 +68,7 @@ def run_command(seed_args: list[str], cache: Path, out: Path, extra: list[str], 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", *seed_args, "--output_dir", str(out),
+    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", *seed_args, "--output_dir", str(out),
                            "--progress", "false", *extra], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:

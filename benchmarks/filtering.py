@@ -75,7 +75,7 @@ def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict, eval_e
         cfg = {"eval_every": eval_every, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
         cfg_file = work / f"{name}-s{seed}.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(cfg_file)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", str(cfg_file)], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-4000:]}")

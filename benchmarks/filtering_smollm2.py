@@ -38,7 +38,7 @@ def run(cfg_file: Path, out: Path, sampler: str) -> None:
     if (out / "summary.json").exists():
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg_file), "--sampler", sampler, "--output_dir", str(out),
+    cmd = [sys.executable, "-m", "engine.cli.main", "run", str(cfg_file), "--sampler", sampler, "--output_dir", str(out),
            "--progress", "false"]
     if subprocess.run(cmd, env=env).returncode != 0:
         raise SystemExit(f"`{' '.join(cmd[2:])}` failed")

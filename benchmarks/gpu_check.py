@@ -40,8 +40,8 @@ def missing() -> list[str]:
 def update_run(config: Path, model_dir: Path, data: Path, dtype: str, out: Path) -> dict:
     import torch
 
-    from engine.build import build
-    from engine.config import parse_config
+    from engine.cli.build import build
+    from engine.config.options import parse_config
     from engine.update import trainable_parameters
 
     options = recipe(config)

@@ -39,8 +39,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_case(name: str, extra: list[str], steps: int, rollouts_stage: bool = True, threads: int = 1,
              repeats: int = 3) -> dict:
-    from engine.build import build
-    from engine.config import parse_config
+    from engine.cli.build import build
+    from engine.config.options import parse_config
     from engine.loop import apply_reward
     from engine.types import SamplingParams
     from engine.update import Batch

@@ -58,7 +58,7 @@ def case_sample(sequences: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.sampler_hf import HFSampler
+    from engine.samplers.hf import HFSampler
     from engine.types import SamplingParams, Task
 
     path = miniature(Path(tempfile.mkdtemp()))
@@ -90,8 +90,8 @@ def fixed_batch(prompts: int, n: int, prompt_len: int, completion_len: int):
 
 
 def build_policy(model: str, data: Path, out: Path, *extra: str):
-    from engine.build import build
-    from engine.config import parse_config
+    from engine.cli.build import build
+    from engine.config.options import parse_config
 
     cfg = parse_config(["--model", model, "--data", str(data), "--template", "{question}", "--n_votes", "4",
                         "--n_train", "4", "--prompts_per_step", "8", "--output_dir", str(out), "--progress", "false",
@@ -120,7 +120,7 @@ def case_smollm2(checkpointing: bool) -> dict:
     import torch
 
     from benchmarks.miniature import make_data
-    from engine.models import resolve_model_alias
+    from engine.data.models import resolve_model_alias
 
     tmp = Path(tempfile.mkdtemp())
     path = resolve_model_alias("smollm2-135m", log=lambda *a: None)

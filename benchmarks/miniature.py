@@ -83,7 +83,7 @@ def make_data(path: Path, n: int) -> Path:
 def recipe(config: Path) -> dict:
     """The options a config file sets (a flat YAML mapping), with those that shape a step filled in from the
     presets and defaults ``ttrl run`` would apply (the demo preset's 32 prompts per step and full fine-tuning)."""
-    from engine.config import parse_config
+    from engine.config.options import parse_config
 
     options = yaml.safe_load(config.read_text()) or {}
     cfg = parse_config([str(config), "--output_dir", "unused"])

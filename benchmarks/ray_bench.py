@@ -4,7 +4,7 @@
     python -m benchmarks.ray_bench --quick    # a 2-minute check of the script; writes to --out (a temp dir)
 
 1. **Suite fan-out.** Four `ttrl run --suite demo` jobs (seeds 0-3, the demo preset) as Ray tasks of
-   1 CPU each (``OMP_NUM_THREADS=1``) on a 2-CPU local cluster, through ``engine.ray_suite.run_on_ray``
+   1 CPU each (``OMP_NUM_THREADS=1``) on a 2-CPU local cluster, through ``engine.cluster.suites.run_on_ray``
    — the code path of ``ttrl suite --ray`` — against the same four commands run one after the other,
    each with 1 thread. Parallel efficiency = T_seq / (2 x T_ray): 1.0 is a perfect 2x; the bar is 0.8.
    T_ray includes the driver's per-job config check and Ray's worker start-up, not the cluster's own
@@ -59,7 +59,7 @@ def machine_parallel_speedup() -> float:
 
 
 def suite_jobs(seeds: list[int], work: Path, extra: list[str]) -> list[tuple[dict, list[str]]]:
-    """``(row, ttrl run arguments)`` per seed, as ``engine.suite_cmd.plan_suite`` makes them."""
+    """``(row, ttrl run arguments)`` per seed, as ``engine.cli.suites.plan_suite`` makes them."""
     return [({"suite": f"demo-s{seed}", "model": None, "run_dir": str(work / f"s{seed}")},
              ["--suite", "demo", "--seed", str(seed), "--progress", "false", *extra,
               "--output_dir", str(work / f"s{seed}")])
@@ -70,7 +70,7 @@ def run_sequential(jobs) -> tuple[float, list[dict]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     for row, args in jobs:
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", *args], env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", *args], env=env, capture_output=True,
                               text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{row['suite']} failed:\n{proc.stderr[-3000:]}")
@@ -78,7 +78,7 @@ def run_sequential(jobs) -> tuple[float, list[dict]]:
 
 
 def run_on_cluster(jobs) -> tuple[float, list[dict]]:
-    from engine.ray_suite import run_on_ray
+    from engine.cluster.suites import run_on_ray
 
     start = time.perf_counter()
     run_on_ray(jobs, None)
@@ -96,10 +96,11 @@ def _after(row: dict) -> dict:
 
 def pool_throughput(workers: int, n_prompts: int, n: int, repeats: int) -> dict:
     """Tokens per second of a ``workers``-actor pool on the demo model (best of ``repeats`` after a warm-up)."""
-    from engine.build import load_prepared_tasks, load_tokenizer
-    from engine.config import parse_config
-    from engine.demo import DEMO_TEMPLATE, build_demo
-    from engine.sampler_ray import RayRolloutPool
+    from engine.cli.build import load_prepared_tasks
+    from engine.data.models import load_tokenizer
+    from engine.config.options import parse_config
+    from engine.data.demo import DEMO_TEMPLATE, build_demo
+    from engine.samplers.ray_pool import RayRolloutPool
     from engine.types import SamplingParams
 
     model_dir, tasks_file = build_demo()
@@ -157,10 +158,10 @@ def main(argv=None) -> None:
     extra = ["--limit", "16", "--episodes", "1", "--eval_k", "4"] if args.quick else []
     pool_work = (32, 8, 1) if args.quick else (128, 32, 3)
     work = Path(tempfile.mkdtemp(prefix="ttrl-ray-bench-runs-"))
-    from engine.demo import build_demo
+    from engine.data.demo import build_demo
 
     build_demo()  # cached once, outside every timing
-    from engine.config import parse_config
+    from engine.config.options import parse_config
 
     parse_config(["--suite", "demo", "--output_dir", str(work / "unused")])  # the driver's imports, outside T_ray
     import ray

@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     episodes = max(1, args.steps // 4)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "engine.cli", "run", "--episodes", str(episodes), "--save_every",
+        cmd = [sys.executable, "-m", "engine.cli.main", "run", "--episodes", str(episodes), "--save_every",
                str(args.save_every), "--output_dir", str(run_dir), "--progress", "false"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

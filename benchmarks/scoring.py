@@ -101,7 +101,7 @@ def main() -> dict:
     answers = [str(row["answer"]) for row in json.loads(DATA.read_text())]
     equivalence.answers_equivalent("x+1", "x+2")  # import math-verify outside the clock
     step_s, step_total_s = demo_step_s()
-    prompts_per_step = 32  # engine.demo.DEMO_SETTINGS
+    prompts_per_step = 32  # engine.data.demo.DEMO_SETTINGS
     prov = collect(__file__)
     results = {"provenance": prov,
                "groups": len(answers), "rollouts_per_group": N_ROLLOUTS,

@@ -36,7 +36,7 @@ def main(argv=None) -> None:
            "--output_dir", str(args.run_dir), "--progress", "false"]
     if not (args.run_dir / "summary.json").exists():
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        code = subprocess.run([sys.executable, "-m", "engine.cli", *cmd[1:]], env=env).returncode
+        code = subprocess.run([sys.executable, "-m", "engine.cli.main", *cmd[1:]], env=env).returncode
         if code != 0:
             raise SystemExit(f"`{' '.join(cmd)}` exited with {code}")
     summary = json.loads((args.run_dir / "summary.json").read_text())

@@ -24,15 +24,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from engine import checkpoint
-from engine.config import Config
+from engine.rundir import checkpoint
+from engine.config.options import Config
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
 from engine.types import RolloutGroup, SamplingParams, Task
+from engine.rundir.report import write_report
 from engine.update import Batch
 from filters import FILTERS, SELECTORS
 from filters.stage import apply_filters, build_filters
-from rewards import build_reward
+from rewards import build_reward, is_correct
 
 
 class RewardError(RuntimeError):
@@ -231,8 +232,6 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     summary = {"before": before, "after": after, "compute": compute, "telemetry": summarize_telemetry(history),
                "checkpoints": saves, "config": cfg.to_dict()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    from engine.report import write_report
-
     write_report(out_dir, summary, history)
     return summary
 
@@ -385,8 +384,6 @@ def telemetry(groups: list[RolloutGroup], labels: dict[str, str | None], answer_
     out.setdefault("vote/majority_ratio", float("nan"))
     labeled = [grp for grp in groups if labels.get(grp.task.id) is not None]
     if labeled:
-        from rewards import is_correct
-
         right = [is_correct(grp.label, labels[grp.task.id], answer_type) for grp in labeled]
         out["label_accuracy"] = sum(right) / len(labeled)
         with_label = [ok for ok, grp in zip(right, labeled) if grp.label is not None]

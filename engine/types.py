@@ -24,7 +24,7 @@ class Task:
     id: str
     question: str                    # the raw problem text, as loaded
     label: str | None = None         # reference answer, evaluation only
-    prompt: str = ""                 # the text the model sees (template applied), see engine.prompts
+    prompt: str = ""                 # the text the model sees (template applied), see engine.data.prompts
     prompt_ids: tuple[int, ...] = ()  # tokenized ``prompt``
 
     def unlabeled(self) -> Task:

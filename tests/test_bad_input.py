@@ -1,4 +1,4 @@
-"""Bad input through `ttrl run`'s own path (``engine.cli.main``, in-process): each case exits non-zero
+"""Bad input through `ttrl run`'s own path (``engine.cli.main.main``, in-process): each case exits non-zero
 with one paragraph naming the problem (file, line, field; the valid choices), no traceback unless
 ``--debug``, and never loses what was already written. Two subprocess runs check the real command."""
 
@@ -12,7 +12,7 @@ import pathlib
 import pytest
 import yaml
 
-from engine.cli import main
+from engine.cli.main import main
 from test_cli import ttrl
 
 # --- plugins the runs below load by 'test_bad_input:Name', as a user's module would be ------------
@@ -343,7 +343,7 @@ def test_unwritable_output_dir_fails_before_the_model_loads(capsys, tiny_model, 
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
     loaded = []
-    monkeypatch.setattr("engine.build.build", lambda cfg: loaded.append(cfg))
+    monkeypatch.setattr("engine.cli.build.build", lambda cfg: loaded.append(cfg))
     fails(capsys, *tiny_args(tiny_model, tiny_data, out),
           says=[f"output_dir {out} is not writable: Permission denied", "choose another --output_dir"])
     assert loaded == []
@@ -356,7 +356,7 @@ def test_disk_full_mid_run_is_a_clear_error_and_keeps_what_was_written(capsys, t
     def disk_full(out_dir, summary, history):
         raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "curves.png"))
 
-    monkeypatch.setattr("engine.report.write_report", disk_full)
+    monkeypatch.setattr("engine.rundir.report.write_report", disk_full)
     fails(capsys, *tiny_args(tiny_model, tiny_data, out),
           says=[f"no space left on the device ({out / 'curves.png'})", "metrics.jsonl", "are kept",
                 "run the same command again"])
@@ -380,4 +380,4 @@ def test_traceback_only_with_debug(tmp_path):
     debug = ttrl(*args, "--debug")
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert "engine.config.ConfigError: n_train (4) must be <= n_votes (2)" in debug.stderr
+    assert "engine.config.options.ConfigError: n_train (4) must be <= n_votes (2)" in debug.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint
-from engine.cli import main
+from engine.rundir import checkpoint
+from engine.cli.main import main
 from engine.loop import _truncate_jsonl
 
 SMALL = ["--limit", "64", "--prompts_per_step", "16", "--episodes", "2", "--eval_k", "4", "--save_every", "3",
@@ -27,7 +27,7 @@ SMALL = ["--limit", "64", "--prompts_per_step", "16", "--episodes", "2", "--eval
 
 def ttrl(*args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "engine.cli.main", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
@@ -266,7 +266,7 @@ def test_resume_keeps_explicit_values_equal_to_the_parser_defaults(tmp_path):
     dropped from the saved options, so the preset's came back and the resume was refused)."""
     import yaml
 
-    from engine.config import config_differences, parse_config, saved_options
+    from engine.config.options import config_differences, parse_config, saved_options
 
     data = tmp_path / "tasks.jsonl"
     data.write_text('{"id": "a", "question": "1+1=", "answer": "2"}\n')

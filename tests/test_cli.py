@@ -10,7 +10,7 @@ import yaml
 
 def ttrl(*args, cwd=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
 
 
@@ -69,12 +69,12 @@ def test_default_run_builds_the_demo_and_improves_it(tmp_path):
     """`ttrl run` with no arguments, from an empty cache: the demo model is built from the shipped
     weights (no pre-training), adapted, and its sampled accuracy rises (the benchmark measures +20
     points on average; asserting a rise of 5 leaves room for other CPUs' floating point in the update)."""
-    from engine.demo import SHIPPED_WEIGHTS
+    from engine.data.demo import SHIPPED_WEIGHTS
 
     import os as _os
 
     env_cache = {"TTRL_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--output_dir", str(tmp_path / "run"),
+    result = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", "--output_dir", str(tmp_path / "run"),
                              "--progress", "false"], capture_output=True, text=True, timeout=900,
                             env={**_os.environ, "HF_HUB_OFFLINE": "1", **env_cache})
     assert result.returncode == 0, result.stderr[-3000:]

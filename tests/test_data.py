@@ -1,4 +1,4 @@
-"""engine.data: the shared benchmark files load with the default mapping; small temp files cover the
+"""engine.data.tasks: the shared benchmark files load with the default mapping; small temp files cover the
 field mapping, label extraction and every error message (file, line/record, field)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data import DataError, load_tasks
+from engine.errors import DataError
+from engine.data.tasks import load_tasks
 from factories import SHARED_DATA
 
 DATA = SHARED_DATA

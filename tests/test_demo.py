@@ -5,7 +5,7 @@ default build uses the shipped weights, checked by their hash."""
 import itertools
 import json
 
-from engine import demo
+from engine.data import demo
 
 
 def test_build_demo_files_reload_and_roundtrip(tmp_path):

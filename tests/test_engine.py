@@ -9,7 +9,8 @@ import torch
 
 import plugins
 from factories import make_group, make_task
-from engine.config import ConfigError, parse_config
+from engine.errors import ConfigError
+from engine.config.options import parse_config
 from engine.evaluate import pass_at_k
 from engine.loop import PromptStream, RewardError, apply_reward, telemetry
 from engine.registry import SpecError, resolve
@@ -26,7 +27,7 @@ def tiny_args(model, data, out, *extra):
 
 
 def build_and_run(args):
-    from engine.build import build
+    from engine.cli.build import build
     from engine.loop import run
 
     cfg = parse_config(args)

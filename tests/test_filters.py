@@ -140,7 +140,7 @@ def loop_run(tmp_path, unanimous, n_tasks, *options, filters=None, log=lambda s:
     """The real loop on ``n_tasks`` scripted tasks; ``filters`` (specs with modes) go through a YAML file."""
     import yaml
 
-    from engine.config import parse_config
+    from engine.config.options import parse_config
     from engine.loop import run
 
     config = []

@@ -211,8 +211,8 @@ class GradSpy:
 def test_update_stage_takes_dropped_rows_out_of_trls_gradient(tiny_model, tiny_data, tmp_path, lora, precondition):
     """Through the real TRL update: the recorded rows sum to TRL's .grad, and after the filter .grad is
     exactly the kept rows' sum; rows of negative alignment are the dropped ones, zero-advantage rows stay."""
-    from engine.build import build
-    from engine.config import parse_config
+    from engine.cli.build import build
+    from engine.config.options import parse_config
     from engine.update import Batch
 
     cfg = parse_config(["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
@@ -275,7 +275,7 @@ def test_filters_and_the_influence_selector_compose_in_one_run(tiny_model, tiny_
         "selector": {"name": "influence", "pool": "max_variance"},
     }))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(config)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", str(config)], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

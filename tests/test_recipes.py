@@ -52,8 +52,8 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def model_path_of(args: list[str]) -> Path:
-    from engine.build import resolve_model_and_data
-    from engine.config import parse_config
+    from engine.cli.build import resolve_model_and_data
+    from engine.config.options import parse_config
 
     return Path(resolve_model_and_data(parse_config(args + ["--output_dir", "/tmp/unused"]))[0])
 
@@ -64,7 +64,7 @@ import resource, runpy, sys
 report = sys.argv.pop(1)
 sys.argv[0] = "ttrl"
 try:
-    runpy.run_module("engine.cli", run_name="__main__")
+    runpy.run_module("engine.cli.main", run_name="__main__")
 finally:
     open(report, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
@@ -72,7 +72,7 @@ finally:
 
 def baseline_rss_mb() -> float:
     """Peak memory of a process that imports what ``ttrl run`` imports and loads no model."""
-    code = ("import resource, engine.cli, engine.build, engine.loop, trl, transformers, peft; "
+    code = ("import resource, engine.cli.main, engine.cli.build, engine.loop, trl, transformers, peft; "
             "from trl import GRPOTrainer; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return float(out.stdout.split()[-1])
@@ -150,8 +150,8 @@ GPU_RECIPES = [c for c in RECIPES if runs_on_gpu(recipe(c))]
 @pytest.mark.slow
 @pytest.mark.parametrize("config", GPU_RECIPES, ids=[c.stem for c in GPU_RECIPES])
 def test_recipe_update_in_bf16_moves_the_weights_as_float32_does(config, miniatures, tmp_path):
-    from engine.build import build
-    from engine.config import parse_config
+    from engine.cli.build import build
+    from engine.config.options import parse_config
 
     options = recipe(config)
     model_dir = miniatures(config)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint, run_lock
+from engine.rundir import checkpoint, lock as run_lock
 
 SMALL = ["--limit", "32", "--prompts_per_step", "8", "--episodes", "1", "--eval_k", "4", "--save_every", "1",
          "--progress", "false"]
@@ -20,7 +20,7 @@ SMALL = ["--limit", "32", "--prompts_per_step", "8", "--episodes", "1", "--eval_
 
 def ttrl(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "engine.cli.main", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 

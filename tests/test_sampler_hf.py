@@ -7,7 +7,7 @@ import textwrap
 
 import torch
 
-from engine.sampler_hf import HFSampler
+from engine.samplers.hf import HFSampler
 from engine.types import SamplingParams
 from factories import make_task
 
@@ -57,7 +57,7 @@ MEMORY = textwrap.dedent("""
     from pathlib import Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from benchmarks.miniature import make_model_dir
-    from engine.sampler_hf import HFSampler
+    from engine.samplers.hf import HFSampler
     from engine.types import SamplingParams, Task
     path = make_model_dir(Path(tempfile.mkdtemp()), "Qwen/Qwen2.5-Math-1.5B")
     tok = AutoTokenizer.from_pretrained(path)

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-from engine.config import parse_config
+from engine.config.options import parse_config
 from engine.update import Batch, optimizer_steps_for, trainable_parameters
 from factories import make_model_dir
 
 
 def policy_for(model, data, out, *extra):
-    from engine.build import build
+    from engine.cli.build import build
 
     cfg = parse_config(["--model", str(model), "--data", str(data), "--template", "{question}", "--n_votes", "4",
                         "--n_train", "4", "--prompts_per_step", "2", "--episodes", "1", "--max_completion_length", "6",

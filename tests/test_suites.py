@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.completions import grade_completions, read_completions
-from engine.data import DataError
-from engine.suites import SUITES, SuiteError, load_suite
+from engine.data.completions import grade_completions, read_completions
+from engine.errors import DataError
+from engine.data.suites import SUITES, SuiteError, load_suite
 from factories import SHARED_DATA
 from test_cli import ttrl
 
@@ -84,7 +84,7 @@ def test_user_suite_file(tmp_path):
 
 @needs_data
 def test_suite_fills_config_defaults_below_the_user(monkeypatch):
-    from engine.config import parse_config
+    from engine.config.options import parse_config
 
     monkeypatch.setenv("TTRL_DATA_DIR", str(DATA_DIR))
     cfg = parse_config(["--suite", "gpqa", "--eval_k", "4", "--output_dir", "unused"])
@@ -96,7 +96,7 @@ def test_suite_fills_config_defaults_below_the_user(monkeypatch):
 
 @needs_data
 def test_every_benchmark_config_parses(monkeypatch):
-    from engine.config import parse_config
+    from engine.config.options import parse_config
 
     monkeypatch.setenv("TTRL_DATA_DIR", str(DATA_DIR))
     configs = sorted((ROOT / "benchmarks" / "configs").glob("*.yaml"))

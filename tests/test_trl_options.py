@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from engine.config import ConfigError, choose_sampler, make_parser, parse_config
-from engine.trl_options import REFUSED
+from engine.errors import ConfigError
+from engine.config.options import choose_sampler, make_parser, parse_config
+from engine.config.trl_options import REFUSED
 
 # A value other than the default for options whose default is None or text.
 NON_DEFAULT = {
@@ -76,7 +77,7 @@ def test_a_missing_tracker_fails_before_any_model_loads(tmp_path):
 def test_report_to_tensorboard_gets_every_metrics_row(tiny_model, tiny_data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from engine.build import build
+    from engine.cli.build import build
     from engine.loop import run
 
     out = tmp_path / "run"

@@ -9,7 +9,7 @@ two: same weights, same rows, no optimizer step in between.
 
 import pytest
 
-from engine.config import parse_config
+from engine.config.options import parse_config
 from engine.update import Batch, GRPOPolicy
 
 

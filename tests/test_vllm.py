@@ -42,7 +42,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def vllm_sampler(model_dir, tokenizer):
-    from engine.sampler_vllm import VLLMSampler
+    from engine.samplers.vllm import VLLMSampler
 
     return VLLMSampler(str(model_dir), tokenizer, dtype="float32", seed=0, memory_fraction=KV_FRACTION,
                        progress=False)
@@ -72,7 +72,7 @@ def test_greedy_completions_match_transformers_token_for_token(model_dir, tokeni
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.sampler_hf import HFSampler
+    from engine.samplers.hf import HFSampler
 
     hf = HFSampler(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer, progress=False)
     tasks = make_tasks(tokenizer)
@@ -119,7 +119,7 @@ def test_sampling_returns_n_rollouts_with_processed_logprobs_and_stops(model_dir
 def make_policy(model_dir, tmp_path, tokenizer, *, lora: bool):
     from peft import LoraConfig
 
-    from engine.config import parse_config
+    from engine.config.options import parse_config
     from engine.update import GRPOPolicy
 
     cfg = parse_config(["--model", str(model_dir), "--data", "unused.jsonl", "--n_votes", "4", "--n_train", "4",
@@ -175,7 +175,7 @@ def test_ttrl_run_with_the_vllm_sampler(model_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "run", "--model", str(model_dir), "--data", str(data),
+        [sys.executable, "-m", "engine.cli.main", "run", "--model", str(model_dir), "--data", str(data),
          "--template", "{question}", "--sampler", "vllm", "--vllm_gpu_memory_utilization", str(KV_FRACTION),
          "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "2", "--max_completion_length", "6",
          "--eval_k", "2", "--progress", "false", "--output_dir", str(out)],
@@ -199,7 +199,7 @@ def test_ttrl_eval_with_the_vllm_sampler(model_dir, tmp_path):
                             for i in range(4)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "eval", "--model", str(model_dir), "--data", str(data),
+        [sys.executable, "-m", "engine.cli.main", "eval", "--model", str(model_dir), "--data", str(data),
          "--template", "{question}", "--sampler", "vllm", "--vllm_gpu_memory_utilization", str(KV_FRACTION),
          "--eval_k", "2", "--max_completion_length", "6", "--progress", "false", "--output_dir", str(tmp_path / "e")],
         capture_output=True, text=True, env=env, timeout=600)

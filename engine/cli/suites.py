@@ -11,7 +11,7 @@ already holds ``summary.json`` is finished and is not run again, so re-issuing t
 ``--output_dir``) continues where it stopped. Delete a run directory to redo that benchmark.
 Hub-only suites (gsm8k) are skipped with their reason while ``HF_HUB_OFFLINE`` is set.
 ``--ray [ADDRESS]`` (or ``ray_address`` in the config) runs the same jobs as Ray tasks on a cluster
-instead of one after the other here: ``engine.ray_suite``.
+instead of one after the other here: ``engine.cluster.suites``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.config import ConfigError
-from engine.suites import load_suite
+from engine.errors import ConfigError
+from engine.data.suites import load_suite
+from engine.rundir.results import finish_job, run_results
 
 METRICS = ("greedy", "avg", "maj", "pass")  # table columns, in order: accuracy/greedy, accuracy/avg@k, ...
 
@@ -64,16 +65,16 @@ def run_suites(argv: list[str]) -> int:
     """Run every (model, suite) not finished yet, then write and print the summary; 1 if any failed."""
     names, own, rest = parse_suite_args(argv)
     out, rows, todo = plan_suite(names, own, rest)
-    from engine.ray_suite import requested_address
+    from engine.cluster.suites import requested_address
 
     address = requested_address(own, rest)
     if address is not None:
-        from engine.ray_suite import run_on_ray
+        from engine.cluster.suites import run_on_ray
 
         run_on_ray(todo, address)
     else:
         for row, args in todo:
-            cmd = [sys.executable, "-m", "engine.cli", "run", *args]
+            cmd = [sys.executable, "-m", "engine.cli.main", "run", *args]
             print(f"==> {row['suite']}: ttrl {' '.join(cmd[3:])}", flush=True)
             start = time.perf_counter()
             finish_job(row, subprocess.run(cmd).returncode)
@@ -101,7 +102,7 @@ def plan_suite(names: list[str], own: dict, rest: list[str]) -> tuple[Path, list
             reason = suite.unavailable_reason()
             if (run_dir / "summary.json").exists():
                 row["status"] = "done"
-                row.update(_results(run_dir))
+                row.update(run_results(run_dir))
                 print(f"==> {suite.name}: already finished in {run_dir}, skipped")
             elif reason:
                 row.update(status="unavailable", reason=reason)
@@ -113,28 +114,8 @@ def plan_suite(names: list[str], own: dict, rest: list[str]) -> tuple[Path, list
     return out, rows, todo
 
 
-def finish_job(row: dict, code: int, see: str = "see the output above") -> None:
-    """Fill a job's row from its exit status: done only with status 0 and a ``summary.json``."""
-    run_dir = Path(row["run_dir"])
-    done = code == 0 and (run_dir / "summary.json").exists()
-    row["status"] = "done" if done else "failed"
-    if done:
-        row.update(_results(run_dir))
-    else:
-        row["reason"] = f"ttrl run exited with status {code}; {see}"
-
-
 def _stem(model: str | None) -> str:
     return Path(model).name if model else "model"
-
-
-def _results(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    acc = lambda d: {k: v for k, v in d.items() if k.startswith("accuracy/") or k == "eval/labeled"}  # noqa: E731
-    cfg = summary.get("config", {})
-    return {"before": acc(summary["before"]), "after": acc(summary["after"]),
-            "steps": summary["compute"].get("steps"), "time_s": summary["compute"].get("time/total_s"),
-            "model_path": cfg.get("model"), "data": cfg.get("data")}
 
 
 def _metric_key(scores: dict, kind: str) -> str | None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.errors import DataError
 from engine.types import Task
 
 PROMPT_FIELDS = ("prompt", "problem", "question", "input", "query", "instruction")
@@ -32,10 +33,6 @@ SUPPORTED_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 ARRAY_KEYS = ("data", "examples", "rows")  # top-level keys a JSON object may wrap its rows in
 # owner/name with an optional :config, as the hub spells dataset ids ("openai/gsm8k:main").
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[\w.-]+)?$")
-
-
-class DataError(ValueError):
-    """A data file or row the engine cannot use; the message says where and what was expected."""
 
 
 Row = tuple[str, Any]  # (location such as "x.jsonl, line 3", the parsed row)
@@ -51,7 +48,7 @@ def load_tasks(
     limit: int | None = None,
     data_dir: str | Path | None = None,
 ) -> list[Task]:
-    """Read ``source`` into Tasks (``prompt``/``prompt_ids`` are left empty: see ``engine.prompts``).
+    """Read ``source`` into Tasks (``prompt``/``prompt_ids`` are left empty: see ``engine.data.prompts``).
 
     ``source`` is a ``.json`` array (or an object holding the array under data/examples/rows), a
     ``.jsonl``/``.ndjson`` file, a ``.parquet`` file, a directory holding ``<split>.<suffix>`` (TTRL's

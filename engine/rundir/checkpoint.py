@@ -9,7 +9,7 @@ must not cost three hours. ``save`` writes ``RUN_DIR/checkpoint/`` with
   ``random.Random``, Python's, NumPy's, torch's CPU and CUDA generators). Every tensor (weights, Adam's
   moments and steps, torch's RNG states) is in the safetensors file; everything else (counters,
   optimizer hyper-parameters, scheduler state, Python's and NumPy's RNG states) is plain JSON
-  (``engine.tensor_tree``). Nothing is a pickle, so loading a checkpoint runs no code from it: a
+  (``engine.rundir.tensor_tree``). Nothing is a pickle, so loading a checkpoint runs no code from it: a
   ``torch.load(weights_only=False)`` of a file from elsewhere can execute anything;
 - ``loop.json``: the position in the prompt stream (episode, this episode's shuffled order, index),
   the step count, cumulative compute, the metrics history (so ``metrics.jsonl`` can be cut back to it)
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine import tensor_tree
-from engine.config import ConfigError
+from engine.rundir import tensor_tree
+from engine.errors import ConfigError
 
 NAME = "checkpoint"
 FILES = ("state.safetensors", "state.json", "loop.json")

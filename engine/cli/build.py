@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
-from engine.config import Config, ConfigError
+from engine.config.options import Config
+from engine.data.models import load_tokenizer
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL reports usage unless told not to
 log = logging.getLogger(__name__)
@@ -16,12 +17,12 @@ log = logging.getLogger(__name__)
 
 def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
     """The model path, data path and prompt template, building the demo on first use and
-    converting a model alias (``engine.models.ALIASES``, e.g. ``smollm2-135m``) to its cached directory."""
-    from engine.models import resolve_model_alias
+    converting a model alias (``engine.data.models.ALIASES``, e.g. ``smollm2-135m``) to its cached directory."""
+    from engine.data.models import resolve_model_alias
 
     model, data, template = resolve_model_alias(cfg.model.model, log=print), cfg.data.data, cfg.data.template
     if model == "demo" or data == "demo":
-        from engine.demo import DEMO_TEMPLATE, build_demo
+        from engine.data.demo import DEMO_TEMPLATE, build_demo
 
         demo_model, demo_tasks = build_demo(log=print)
         if model == "demo":
@@ -36,8 +37,8 @@ def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None)
     """The tasks with their prompts; prompts too long for the model's context (its positions minus
     the completion budget, read from the config at the tokenizer's path) are skipped or an error
     (``on_too_long``)."""
-    from engine.data import load_tasks
-    from engine.prompts import DEFAULT_INSTRUCTION, model_context_length, prepare_tasks
+    from engine.data.tasks import load_tasks
+    from engine.data.prompts import DEFAULT_INSTRUCTION, model_context_length, prepare_tasks
 
     d = cfg.data
     tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
@@ -50,47 +51,10 @@ def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None)
                          context_length=model_context_length(getattr(tokenizer, "name_or_path", None)))
 
 
-def load_tokenizer(model_path: str):
-    """The model's tokenizer, with EOS standing in as the pad token where it defines none."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as err:  # not a directory, not on the hub (or offline), no tokenizer files
-        raise ConfigError(model_load_error(model_path, err)) from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def model_load_error(model_path: str, err: Exception) -> str:
-    """Why ``model_path`` names no loadable model, and what a model name may be."""
-    from pathlib import Path
-
-    from engine.models import ALIASES
-
-    path = Path(model_path).expanduser()
-    said = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    if path.is_dir():
-        files = sorted(p.name for p in path.iterdir())
-        return (f"model directory {model_path} holds no loadable tokenizer and config (files: "
-                f"{', '.join(files[:12]) or 'none'}{', ...' if len(files) > 12 else ''}); transformers said: {said}")
-    valid = ", ".join(["demo", *ALIASES])
-    return (f"model {model_path!r} is neither a built-in name ({valid}) nor a local directory, and it could not "
-            f"be loaded as a hub id{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}; "
-            f"transformers said: {said}")
-
-
-def torch_dtype(name: str, use_cpu: bool) -> str:
-    if name == "auto":
-        return "float32" if use_cpu else "bfloat16"
-    return name
-
-
 def build(cfg: Config):
     """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer."""
     from peft import LoraConfig
-    from engine.sampler_hf import HFSampler
+    from engine.samplers.hf import HFSampler
     from engine.update import GRPOPolicy, optimizer_steps_for
 
     for note in cfg.notes:  # what "auto" resolved to, and why
@@ -110,11 +74,11 @@ def build(cfg: Config):
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,
                         sampler_is_separate_engine=cfg.ttrl.sampler == "vllm")
     if cfg.ttrl.rollout_workers > 1:  # samplers as Ray actors, prompts sharded across them
-        from engine.sampler_ray import make_ray_pool
+        from engine.samplers.ray_pool import make_ray_pool
 
         sampler = make_ray_pool(cfg, model_path, policy.model)
     elif cfg.ttrl.sampler == "vllm":
-        from engine.sampler_vllm import make_vllm_sampler
+        from engine.samplers.vllm import make_vllm_sampler
 
         sampler = make_vllm_sampler(cfg, model_path, tokenizer, policy.model)
     else:

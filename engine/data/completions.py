@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.data import DataError
+from engine.errors import DataError
 from engine.evaluate import grade, pass_at_k
 from engine.types import Rollout, RolloutGroup, Task
 from rewards import is_correct, majority_vote

@@ -41,8 +41,8 @@ USAGE = """usage: ttrl {run,eval,suite,submit,status,logs} [CONFIG.yaml] [--opti
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from engine.config import ConfigError
-    from engine.data import DataError
+    from engine.errors import ConfigError
+    from engine.errors import DataError
     from engine.loop import RewardError
     from engine.registry import SpecError
 
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
-    from engine import run_lock
-    from engine.config import ConfigError, check_output_dir, parse_config, saved_options, split_options
+    from engine.rundir import lock
+    from engine.errors import ConfigError
+    from engine.config.options import check_output_dir, parse_config, saved_options, split_options
 
     own, argv = split_options(argv, ("resume",))
     resume = own["resume"][-1] if own else None
@@ -114,7 +115,7 @@ def cmd_run(argv: list[str]) -> int:
               "Choose another --output_dir to run again.")
         return 0
     check_output_dir(out_dir)  # before any model loads
-    with run_lock.acquire(out_dir):  # held until the run ends; a second run into out_dir is refused
+    with lock.acquire(out_dir):  # held until the run ends; a second run into out_dir is refused
         return run_in(cfg, out_dir, resume)
 
 
@@ -122,11 +123,12 @@ def run_in(cfg, out_dir: Path, resume: str | None) -> int:
     """``ttrl run`` in a run directory this process owns."""
     import yaml
 
-    from engine import checkpoint
-    from engine.build import build
-    from engine.config import ConfigError, config_differences
+    from engine.rundir import checkpoint
+    from engine.cli.build import build
+    from engine.errors import ConfigError
+    from engine.config.options import config_differences
     from engine.loop import run
-    from engine.report import before_after_table
+    from engine.rundir.report import before_after_table
 
     saved = out_dir / "config.yaml"
     if checkpoint.find(out_dir) is not None and saved.exists():
@@ -157,10 +159,11 @@ def cmd_eval(argv: list[str]) -> int:
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
-    from engine.build import load_prepared_tasks, load_tokenizer, resolve_model_and_data, torch_dtype
-    from engine.config import check_output_dir, parse_config
+    from engine.cli.build import load_prepared_tasks, resolve_model_and_data
+    from engine.data.models import load_tokenizer, torch_dtype
+    from engine.config.options import check_output_dir, parse_config
     from engine.evaluate import evaluate
-    from engine.sampler_hf import HFSampler
+    from engine.samplers.hf import HFSampler
     from engine.types import SamplingParams
 
     cfg = parse_config(argv)
@@ -188,7 +191,7 @@ def cmd_eval(argv: list[str]) -> int:
 
         model = PeftModel.from_pretrained(model, lora)
     if cfg.ttrl.sampler == "vllm":
-        from engine.sampler_vllm import make_vllm_sampler
+        from engine.samplers.vllm import make_vllm_sampler
 
         sampler = make_vllm_sampler(cfg, model_path, tokenizer, model)
     else:
@@ -212,7 +215,7 @@ def adapter_kind(path: str) -> str:
     """What a run's ``adapter/`` folder holds: ``"lora"`` (a PEFT adapter, ``adapter_config.json``) or
     ``"full"`` (a full fine-tuning run's whole model: ``config.json`` and weights); anything else is an
     error saying what ``--adapter`` takes."""
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
 
     folder = Path(path)
     if (folder / "adapter_config.json").exists():
@@ -226,13 +229,13 @@ def adapter_kind(path: str) -> str:
 
 def eval_completions(cfg) -> int:
     """``ttrl eval --completions FILE``: grade saved completions against the data's labels; no model."""
-    from engine.completions import grade_completions, read_completions
-    from engine.data import load_tasks
+    from engine.data.completions import grade_completions, read_completions
+    from engine.data.tasks import load_tasks
 
     d = cfg.data
     data = d.data
     if data == "demo":
-        from engine.demo import build_demo
+        from engine.data.demo import build_demo
 
         data = str(build_demo(log=print)[1])
     tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
@@ -252,28 +255,28 @@ def eval_completions(cfg) -> int:
 
 
 def cmd_submit(argv: list[str]) -> int:
-    from engine import ray_jobs
+    from engine.cluster import jobs
 
     if argv[:1] in (["-h"], ["--help"]):
-        print(ray_jobs.__doc__)
+        print(jobs.__doc__)
         return 0
-    return ray_jobs.submit(argv)
+    return jobs.submit(argv)
 
 
 def cmd_status(argv: list[str]) -> int:
-    from engine import ray_jobs
+    from engine.cluster import jobs
 
-    return ray_jobs.status(argv)
+    return jobs.status(argv)
 
 
 def cmd_logs(argv: list[str]) -> int:
-    from engine import ray_jobs
+    from engine.cluster import jobs
 
-    return ray_jobs.logs(argv)
+    return jobs.logs(argv)
 
 
 def cmd_suite(argv: list[str]) -> int:
-    from engine.suite_cmd import run_suites
+    from engine.cli.suites import run_suites
 
     return run_suites(argv)
 

@@ -2,7 +2,7 @@
 
 ``generate`` shards the prompts across the actors (contiguous, balanced slices, so groups come back in
 the order the loop asked for them) and samples every shard at once; ``load_weights`` puts the policy's
-current weights (LoRA merged, ``engine.sampler_vllm.policy_weights``) into Ray's object store *once*
+current weights (LoRA merged, ``engine.samplers.vllm.policy_weights``) into Ray's object store *once*
 per update, and every actor loads that one object — on a node, the actors read the same shared-memory
 copy instead of each receiving their own.
 
@@ -47,20 +47,20 @@ class RolloutWorker:
         import torch
         from transformers import set_seed
 
-        from engine.build import load_tokenizer
+        from engine.data.models import load_tokenizer
 
         torch.set_num_threads(threads)
         set_seed(seed)  # once: the actor's random stream then runs on from call to call
         tokenizer = load_tokenizer(spec["model_path"])
         if spec["sampler"] == "vllm":
-            from engine.sampler_vllm import VLLMSampler
+            from engine.samplers.vllm import VLLMSampler
 
             self.sampler = VLLMSampler(spec["model_path"], tokenizer, dtype=spec["dtype"], seed=seed, progress=False,
                                        **spec.get("vllm", {}))
         else:
             from transformers import AutoModelForCausalLM
 
-            from engine.sampler_hf import HFSampler
+            from engine.samplers.hf import HFSampler
 
             model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=getattr(torch, spec["dtype"]))
             model.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # Ray sets CUDA_VISIBLE_DEVICES
@@ -119,7 +119,7 @@ class RayRolloutPool:
         """Broadcast ``model``'s current weights: one ``ray.put``, every actor loads that object."""
         import ray
 
-        from engine.sampler_vllm import policy_weights  # no vllm import: a plain PyTorch helper
+        from engine.samplers.vllm import policy_weights  # no vllm import: a plain PyTorch helper
 
         start = time.perf_counter()
         ref = ray.put({name: t.detach().to("cpu").contiguous() for name, t in policy_weights(model)})
@@ -139,8 +139,8 @@ def make_ray_pool(cfg, model_path: str, policy_model=None) -> RayRolloutPool:
     """The pool for ``rollout_workers > 1``, joined to ``ray_address`` (inside a ``ttrl suite --ray`` job:
     that suite's cluster). The policy's weights are synced once, as for vLLM, so a policy that differs
     from the checkpoint on disk (a resumed run) is what gets sampled."""
-    from engine.build import torch_dtype
-    from engine.ray_suite import connect
+    from engine.data.models import torch_dtype
+    from engine.cluster.connect import connect
 
     g, t = cfg.grpo, cfg.ttrl
     connect(os.environ.get("TTRL_RAY_ADDRESS") or t.ray_address)

@@ -13,12 +13,18 @@ TRL and vLLM then load by path in seconds. It runs once: the directory is cached
 (else ``~/.cache/ttrl-engine``), written to a temp dir and renamed into place so an interrupted
 conversion never leaves a half cache. Any other model name (a hub id, a local path, ``demo``) passes
 through unchanged.
+
+Also here: loading a model's tokenizer, the one-line error when a name is no loadable model, and the
+dtype ``auto`` stands for — what the CLI and every sampler share about "which model".
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+from engine.errors import ConfigError
 
 ALIASES: dict[str, dict[str, str]] = {
     "smollm2-135m": {
@@ -35,7 +41,7 @@ def resolve_model_alias(name: str, cache_dir: str | Path | None = None, log=None
     spec = ALIASES.get(name.lower())
     if spec is None:
         return name
-    from engine.cache import atomic_dir, default_cache_dir
+    from engine.data.cache import atomic_dir, default_cache_dir
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / spec["dir"]
@@ -82,3 +88,37 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     model.generation_config = loaded.generation_config
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+
+
+def load_tokenizer(model_path: str):
+    """The model's tokenizer, with EOS standing in as the pad token where it defines none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:  # not a directory, not on the hub (or offline), no tokenizer files
+        raise ConfigError(model_load_error(model_path, err)) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_load_error(model_path: str, err: Exception) -> str:
+    """Why ``model_path`` names no loadable model, and what a model name may be."""
+    path = Path(model_path).expanduser()
+    said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir())
+        return (f"model directory {model_path} holds no loadable tokenizer and config (files: "
+                f"{', '.join(files[:12]) or 'none'}{', ...' if len(files) > 12 else ''}); transformers said: {said}")
+    valid = ", ".join(["demo", *ALIASES])
+    return (f"model {model_path!r} is neither a built-in name ({valid}) nor a local directory, and it could not "
+            f"be loaded as a hub id{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}; "
+            f"transformers said: {said}")
+
+
+def torch_dtype(name: str, use_cpu: bool) -> str:
+    """The compute dtype a model loads in: ``auto`` is float32 on CPU, bfloat16 on a GPU."""
+    if name == "auto":
+        return "float32" if use_cpu else "bfloat16"
+    return name

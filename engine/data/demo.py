@@ -12,7 +12,7 @@ The pre-trained weights ship with the package (``engine/demo_model.safetensors``
 point differs between CPUs (an AVX2 and an AVX-512 machine pre-train different models from the same
 seed: greedy 75.0% vs 84.4% before TTRL), so a model pre-trained at first use would make the demo's
 numbers depend on the machine. ``build_demo`` writes the config and tokenizer (integer-only, the same
-everywhere) beside a copy of the shipped weights; ``python -m engine.demo --rebuild`` is how the
+everywhere) beside a copy of the shipped weights; ``python -m engine.data.demo --rebuild`` is how the
 shipped file was made (``pretrain``, on an AVX2 CPU) and prints the hash to put in
 ``DEMO_WEIGHTS_SHA256``. Other seeds and ``steps`` (tests) are still pre-trained on the spot.
 
@@ -36,13 +36,13 @@ import random
 import shutil
 from pathlib import Path
 
-from engine.cache import atomic_dir, default_cache_dir
+from engine.data.cache import atomic_dir, default_cache_dir
 
 DEMO_VERSION = "v3"            # bump when the recipe changes: it names the cache dir, so a change rebuilds
 DEMO_TEMPLATE = "{question}"   # the prompt is the bare expression; the model answers "<number><eos>"
 DEMO_SEED = 0
 SHIPPED_WEIGHTS = Path(__file__).with_name("demo_model.safetensors")  # pretrain(DEMO_SEED), made on AVX2
-# weights_sha256 of SHIPPED_WEIGHTS (`python -m engine.demo --rebuild` prints it)
+# weights_sha256 of SHIPPED_WEIGHTS (`python -m engine.data.demo --rebuild` prints it)
 DEMO_WEIGHTS_SHA256 = "2a24b0acfaa9b70bf3c3e1ddf8b6ab75e97f147f485e535df5aed9af6de169aa"
 
 # TTRL settings that delivered the gain (option names of `ttrl run`; the demo preset's defaults).
@@ -285,7 +285,7 @@ def rebuild_shipped_weights(log=print) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.data.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--rebuild", action="store_true", help=f"pre-train the demo model and overwrite {SHIPPED_WEIGHTS.name}")
     args = parser.parse_args(argv)
     if not args.rebuild:

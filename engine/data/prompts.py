@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from engine.data import DataError
+from engine.errors import DataError
 from engine.types import Task
 
 log = logging.getLogger(__name__)

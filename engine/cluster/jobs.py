@@ -28,8 +28,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from engine.config import split_options
-from engine.ray_suite import ClusterError
+from engine.config.options import split_options
+from engine.cluster.connect import ClusterError
 
 SUBMIT_OPTIONS = ("address", "working_dir", "pip", "env", "num_cpus", "num_gpus")
 EXCLUDES = [".git", ".venv*", "runs", "__pycache__", "*.pyc", ".pytest_cache", "checkpoint"]
@@ -59,7 +59,7 @@ def client(address: str | None):
 
 
 def job_command(argv: list[str], working_dir: Path) -> tuple[str, list[str]]:
-    """The entrypoint (``python -m engine.cli run|suite ...``), with local files inside ``working_dir``
+    """The entrypoint (``python -m engine.cli.main run|suite ...``), with local files inside ``working_dir``
     made relative to it; also the local files outside it (which do not travel)."""
     command, args = ("suite", argv[1:]) if argv and argv[0] == "suite" else ("run", argv)
     outside, out = [], []
@@ -71,7 +71,7 @@ def job_command(argv: list[str], working_dir: Path) -> tuple[str, list[str]]:
             except ValueError:
                 outside.append(arg)
         out.append(arg)
-    return shlex.join(["python", "-m", "engine.cli", command, *out]), outside
+    return shlex.join(["python", "-m", "engine.cli.main", command, *out]), outside
 
 
 def submit(argv: list[str]) -> int:

@@ -1,6 +1,6 @@
 """``ttrl suite ... --ray [ADDRESS]``: every (model, benchmark) job of a suite as one Ray task on a cluster.
 
-``engine.suite_cmd`` plans the jobs (which run directories are finished, which suites are unavailable,
+``engine.cli.suites`` plans the jobs (which run directories are finished, which suites are unavailable,
 the ``ttrl run`` arguments of the rest) and writes the summary; this module only runs the pending jobs,
 as Ray tasks instead of one after the other:
 
@@ -20,7 +20,7 @@ as Ray tasks instead of one after the other:
   signal is retried up to ``ray_max_retries`` times; the retry runs into the same run directory, so it
   continues from the last checkpoint. A ``ttrl run`` that *exits* with an error (a bad reward, a bad
   file) is not retried: it would fail the same way. Every attempt is appended to ``RUN_DIR/ray_job.log``.
-* **Results as they finish.** A run directory with ``summary.json`` is finished (suite_cmd's rule), so
+* **Results as they finish.** A run directory with ``summary.json`` is finished (``engine.rundir.results``), so
   a re-run of the same command skips what finished even if the driver died. The task also returns the
   run directory's small files, and the driver writes those missing on its side: on a cluster without
   a shared filesystem the summary, metrics and report still land in the suite folder (the adapter and
@@ -38,15 +38,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import ConfigError
+from engine.cluster.connect import ClusterError, connect
+from engine.config.options import parse_config
+from engine.rundir.results import finish_job
 
 LOG = "ray_job.log"
 ATTEMPT_MARK = "=== ttrl suite --ray: attempt"
 RETURNED_FILE_BYTES = 20_000_000  # larger files (adapters, checkpoints) stay on the worker's node
-
-
-class ClusterError(ConfigError):
-    """The cluster cannot be reached, or cannot hold what a job asks for."""
 
 
 class JobKilled(RuntimeError):
@@ -71,7 +69,7 @@ class Job:
 
     def demand(self) -> dict[str, float]:
         """Everything the job holds while it runs: its task, plus its rollout pool's actors (each
-        ``ray_cpus`` CPUs, and one GPU on a GPU job: ``engine.sampler_ray``)."""
+        ``ray_cpus`` CPUs, and one GPU on a GPU job: ``engine.samplers.ray_pool``)."""
         pool = self.workers if self.workers > 1 else 0
         return {"CPU": self.cpus * (1 + pool), "GPU": (self.gpus or 0) + pool * (1.0 if self.gpus else 0.0)}
 
@@ -98,20 +96,6 @@ def requested_address(own: dict, rest: list[str]) -> str | None:
         if isinstance(data, dict) and data.get("ray_address"):
             return str(data["ray_address"])
     return None
-
-
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address``; None (or "") lets Ray choose: ``RAY_ADDRESS``, else the last
-    ``ray start`` on this machine, else a new local cluster. A no-op when this process is connected."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=address or None, log_to_driver=True)
-    except (ConnectionError, RuntimeError) as err:
-        raise ClusterError(f"cannot connect to the Ray cluster at {address or 'the default address'}: {err}. "
-                           "Start one with `ray start --head`, or pass --ray with no address for a local one") from None
 
 
 def run_on_ray(todo: list[tuple[dict, list[str]]], address: str | None) -> None:
@@ -157,8 +141,6 @@ def run_on_ray(todo: list[tuple[dict, list[str]]], address: str | None) -> None:
 
 def plan_job(row: dict, args: list[str]) -> Job:
     """A job with the resources its own config asks for (``parse_config`` also validates it)."""
-    from engine.config import parse_config
-
     cfg = parse_config(list(args))
     t = cfg.ttrl
     return Job(row=row, args=list(args), cpus=float(t.ray_cpus), gpus=t.ray_gpus, workers=t.rollout_workers,
@@ -182,8 +164,6 @@ def check_fits(job: Job, total: dict[str, float], nodes: list[dict[str, float]])
 def collect(job: Job, ref) -> None:
     """Fill the job's row from its task: results, attempts, and its files written back where missing."""
     import ray
-
-    from engine.suite_cmd import finish_job
 
     row, log = job.row, Path(job.row["run_dir"]) / LOG
     try:
@@ -222,7 +202,7 @@ def run_job(name: str, args: list[str], cwd: str, threads: int) -> dict:
         log.write(f"{ATTEMPT_MARK} {attempt}: worker pid {os.getpid()} on {node}, "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", *args], cwd=here, env=env, text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "run", *args], cwd=here, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         log.write(f"ttrl run pid {proc.pid}\n")

@@ -14,7 +14,7 @@ a small YAML file with the same keys, e.g.::
     answer_type: number
     eval_k: 8
 
-A suite only fills *defaults*: ``engine.config.parse_config`` applies :meth:`Suite.option_defaults`
+A suite only fills *defaults*: ``engine.config.options.parse_config`` applies :meth:`Suite.option_defaults`
 below the user's YAML and command line, so anything the user sets wins.
 
 The data folder is ``--data_dir``, else ``$TTRL_DATA_DIR``, else ``../shared/data`` relative to the
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError, read_mapping
+from engine.errors import ConfigError
+from engine.data.yaml_file import read_mapping
 
-DEMO_SOURCE = "demo"  # the engine's built-in task (engine.demo.build_demo), built offline on first use
+DEMO_SOURCE = "demo"  # the engine's built-in task (engine.data.demo.build_demo), built offline on first use
 
 
 class SuiteError(ConfigError):
@@ -118,11 +119,11 @@ class Suite:
 
     def load_tasks(self, data_dir: str | Path | None = None):
         """The suite's tasks (questions, labels, ids), without prompts: for checks and ``--completions``."""
-        from engine.data import load_tasks
+        from engine.data.tasks import load_tasks
 
         data = self.data_path(data_dir)
         if data == DEMO_SOURCE:
-            from engine.demo import build_demo
+            from engine.data.demo import build_demo
 
             data = str(build_demo()[1])
         return load_tasks(data, prompt_field=self.prompt_field, label_field=self.label_field,
@@ -156,7 +157,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("gsm8k", hub_id="openai/gsm8k:main", hub_split="test", answer_type="number",
           description="GSM8K test set from the hub (question / answer with a '#### N' tail); needs internet"),
     Suite("demo", source=DEMO_SOURCE, eval_k=16, eval_temperature=None,
-          description="the engine's built-in 5-digit addition task for its demo model (engine.demo)"),
+          description="the engine's built-in 5-digit addition task for its demo model (engine.data.demo)"),
 ]}
 
 SUITE_KEYS = tuple(f.name for f in dataclasses.fields(Suite))

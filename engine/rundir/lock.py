@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.config import ConfigError
+from engine.errors import ConfigError
 
 LOCK_NAME = "run.lock"
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from engine.samplers.common import eos_ids
 from engine.types import Rollout, RolloutGroup, SamplingParams, Task
 
 
@@ -66,7 +67,7 @@ class HFSampler:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     def load_weights(self, model) -> None:
@@ -150,14 +151,3 @@ class HFSampler:
         if finish == "length" and params.stop and any(s in text for s in params.stop):
             finish = "stop"
         return Rollout(text=text, token_ids=ids, logprobs=logps[: len(ids)].tolist(), finish_reason=finish)
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    """Every token id that ends a completion: the generation config's EOS ids plus the tokenizer's."""
-    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
-    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError("the model and tokenizer define no EOS token; set tokenizer.eos_token")
-    return ids

