@@ -55,11 +55,11 @@ def build_groups(answers: list[str], seed: int = 0) -> list[RolloutGroup]:
 
 
 def clear_caches() -> None:
-    for fn in (equivalence._parse, equivalence._verify_sorted, equivalence._as_number, closed_form.closed_form_value,
-               closed_form.point_value, answer_types._normalize_cached, compound.list_shape, compound.is_relation,
+    equivalence.clear_caches()
+    answer_types.clear_caches()
+    for fn in (closed_form.closed_form_value, closed_form.point_value, compound.list_shape, compound.is_relation,
                compound.is_equation):
         fn.cache_clear()
-    equivalence._timeouts.clear()
     from math_verify import parser  # math-verify keeps its own parse caches
 
     for name in ("parse_latex_cached", "parse_expr_cached"):

@@ -10,7 +10,8 @@
   compared like ``math`` ones (which reduces to string equality for non-mathematical strings).
 
 An answer type is a small stateless object; it is looked up by its spec string wherever needed, so
-rewards carry only the string (and pickle for Ray).
+rewards carry only the string (and pickle for Ray). Functions that take an answer type's spec
+(``extract_answer``, ``answers_equivalent``, ...) are in ``rewards.answers``, one layer up.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 import functools
 import re
 
-from rewards import equivalence as eq
-from rewards.extract import _ANSWER_IS, _NUMBER, _last_nonempty, extract_math, last_boxed
+from engine.registry import SpecError, load_target
+from rewards.equivalence import as_number, equivalent_normalized, normalize_answer, numbers_equal
+from rewards.extract import ANSWER_IS, NUMBER, extract_math, last_boxed, last_stated
 
 # "A. text" / "(A) text" / "A) text" option lines of a multiple-choice question (upper-case only:
 # GPQA questions also enumerate lower-case "a)" sub-items that are not the options).
@@ -70,7 +72,7 @@ def _as_letter(candidate: str, options: dict[str, str], *, lead: bool = True) ->
 @functools.lru_cache(maxsize=65536)
 def _normalize_cached(answer: str) -> str:
     """Normalisation is pure: the rollouts of a group repeat few answer strings."""
-    return eq.normalize_answer(answer)
+    return normalize_answer(answer)
 
 
 class MathAnswer:
@@ -86,7 +88,7 @@ class MathAnswer:
 
     def equivalent(self, a: str, b: str) -> bool:
         """On normalized strings."""
-        return eq._equivalent_normalized(a, b)
+        return equivalent_normalized(a, b)
 
 
 class NumberAnswer(MathAnswer):
@@ -104,17 +106,17 @@ class NumberAnswer(MathAnswer):
         found = extract_math(text)
         if found is None:
             return None
-        norm = eq.normalize_answer(found)
-        if eq._as_number(norm) is not None:
+        norm = normalize_answer(found)
+        if as_number(norm) is not None:
             return norm
-        numbers = _NUMBER.findall(found)
-        return eq.normalize_answer(numbers[-1]) if numbers else None
+        numbers = NUMBER.findall(found)
+        return normalize_answer(numbers[-1]) if numbers else None
 
     def equivalent(self, a: str, b: str) -> bool:
         if a == b:
             return True
-        x, y = eq._as_number(a), eq._as_number(b)
-        return x is not None and y is not None and eq.numbers_equal(x, y)
+        x, y = as_number(a), as_number(b)
+        return x is not None and y is not None and numbers_equal(x, y)
 
 
 class ChoiceAnswer(MathAnswer):
@@ -132,7 +134,7 @@ class ChoiceAnswer(MathAnswer):
         if not text:
             return None
         options = question_options(question)
-        for candidate in (last_boxed(text), _last_nonempty(_ANSWER_IS, text)):
+        for candidate in (last_boxed(text), last_stated(ANSWER_IS, text)):
             letter = _as_letter(candidate, options) if candidate else None
             if letter is not None:
                 return letter
@@ -146,7 +148,7 @@ class ChoiceAnswer(MathAnswer):
 
     def normalize(self, answer: str) -> str:
         letter = _as_letter(answer, {})
-        return letter if letter is not None else eq.normalize_answer(answer)
+        return letter if letter is not None else normalize_answer(answer)
 
     def equivalent(self, a: str, b: str) -> bool:
         return a == b
@@ -178,16 +180,15 @@ def get_answer_type(spec: str = "math") -> MathAnswer:
         return found
     if isinstance(spec, str) and ":" in spec:
         if spec not in _custom:
-            from engine.registry import load_target
-
             extractor = load_target(spec, {}, "answer_type")
             if not callable(extractor):
-                from engine.registry import SpecError
-
                 raise SpecError(f"answer_type {spec!r} is not callable; expected an extractor (text) -> str | None")
             _custom[spec] = CustomAnswer(spec, extractor)
         return _custom[spec]
-    from engine.registry import SpecError
-
     raise SpecError(f"unknown answer_type {spec!r}; valid: {', '.join(ANSWER_TYPES)}, or 'module:function' "
                     "(a custom extractor (text) -> str | None)")
+
+
+def clear_caches() -> None:
+    """Forget the memoised normalisations (a cold start, for benchmarks)."""
+    _normalize_cached.cache_clear()

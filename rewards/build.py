@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.registry import SpecError, accepts, bind, load_target, split_spec
+from rewards.answer_types import get_answer_type
+from rewards.registry import REWARDS
 
 
 class PerCompletion:
@@ -112,8 +114,6 @@ def is_per_completion(fn: Callable) -> bool:
 
 def build_one(spec: str | Mapping[str, Any], *, answer_type: str = "math") -> Callable:
     """One spec (no weight) to a group reward."""
-    from rewards import REWARDS
-
     name, kwargs = split_spec(spec)
     target = load_target(name, REWARDS, "rewards")
     adapter = {k: kwargs.pop(k) for k in ("conversational", "pseudo_label_as") if k in kwargs}
@@ -139,8 +139,6 @@ def build_reward(spec: Any, *, answer_type: str = "math") -> Callable:
     >>> reward(boxed_group(["4", "4", "5", None]))
     [1.5, 1.5, 0.5, 0.0]
     """
-    from rewards.answer_types import get_answer_type
-
     get_answer_type(answer_type)
     if isinstance(spec, (list, tuple)):
         if not spec:

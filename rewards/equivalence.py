@@ -1,4 +1,4 @@
-"""Decide when two answer strings mean the same thing, and group a vote's answers into classes.
+"""Decide when two math answer strings mean the same thing: normalisation, then value and symbolic tiers.
 
 A majority vote (TTRL, arXiv 2504.16084, §3) is only as good as its notion of "the same answer":
 ``0.5``, ``\\frac{1}{2}`` and ``1/2`` must count as one vote. Four tiers, cheapest first:
@@ -20,6 +20,9 @@ alone, except the divergences listed there with their reasons.
 math-verify can hang on pathological input (huge powers, deep nesting), so tier 3 runs under our own
 ``setitimer`` deadline. Signals only work in the main thread, so off the main thread (or when
 someone else's timer is already pending) tier 3 is skipped and only tiers 1-2 decide.
+
+This module knows only math answers (the ``math`` type, whose pieces the other types reuse); picking
+the comparison by answer type, and clustering a vote's answers, is ``rewards.answers``.
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ _CHOICE = re.compile(r"\(?([A-Ja-j])[).:]?")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 
 
-def _canonical_number(s: str) -> str | None:
-    """``14.0`` -> ``14``, ``025`` -> ``25``, ``.50`` -> ``0.5``; None if ``s`` is not a decimal."""
+def canonical_number(s: str) -> str | None:
+    """The canonical spelling of a decimal: ``14.0`` -> ``14``, ``025`` -> ``25``, ``.50`` -> ``0.5``; None if ``s`` is not a decimal."""
     if _SCIENTIFIC.fullmatch(s):
         s = format(Decimal(s), "f")
     if not _DECIMAL.fullmatch(s):
@@ -122,7 +125,7 @@ def normalize_answer(ans: str) -> str:
     s = _SPACE.sub(lambda m: m.group(1) + " " if m.group(1) else "", s)
     for pattern, repl in _FRAC_DIGITS:
         s = pattern.sub(repl, s)
-    number = _canonical_number(s)
+    number = canonical_number(s)
     if number is not None:
         return number
     base = _BASE.fullmatch(s)
@@ -135,7 +138,7 @@ def normalize_answer(ans: str) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _as_number(s: str) -> Fraction | float | None:
+def as_number(s: str) -> Fraction | float | None:
     """The value of a normalized plain number or simple fraction, else None."""
     if len(s) > 64:  # int() refuses >4300 digits; no real answer is that long a number
         return None
@@ -150,7 +153,7 @@ def _as_number(s: str) -> Fraction | float | None:
 
 
 def numbers_equal(x: Fraction, y: Fraction) -> bool:
-    """Two exact values (from ``_as_number``): equal, or one has no finite decimal expansion (``1/3``) and
+    """Two exact values (from ``as_number``): equal, or one has no finite decimal expansion (``1/3``) and
     the other rounds it (``0.333333``, within a relative 1e-6). Two numbers that decimals write exactly
     are compared exactly, so ``999999`` is not ``1000000`` and ``1.000001`` is not ``1.000002``.
 
@@ -252,8 +255,8 @@ def _verify_sorted(a: str, b: str) -> bool:
         return False
 
 
-def _equivalent_normalized(a: str, b: str) -> bool:
-    """``answers_equivalent`` on already-normalized strings; never raises."""
+def equivalent_normalized(a: str, b: str) -> bool:
+    """Whether two already-normalized math answers are equivalent (tiers 2-3); never raises."""
     try:
         return _tiers(a, b)
     except Exception:  # a grader must not take the run down; math-verify failures are caught deeper
@@ -263,10 +266,10 @@ def _equivalent_normalized(a: str, b: str) -> bool:
 def _tiers(a: str, b: str) -> bool:
     if a == b:
         return True
-    x, y = _as_number(a), _as_number(b)
+    x, y = as_number(a), as_number(b)
     if x is not None and y is not None:
         return numbers_equal(x, y)
-    lists = compare_lists(a, b, _equivalent_normalized)  # 1,2 vs \{2,1\}; (3,1) vs \{1,3\}; x=1,y=2
+    lists = compare_lists(a, b, equivalent_normalized)  # 1,2 vs \{2,1\}; (3,1) vs \{1,3\}; x=1,y=2
     if lists is not None:
         return lists
     relation = is_relation(a) or is_relation(b)  # 0<x<1 vs (0,1): math-verify reads both as sets
@@ -294,74 +297,8 @@ def _tiers(a: str, b: str) -> bool:
     return _verify_sorted(*sorted((a, b)))
 
 
-def _kind(answer_type: str):
-    from rewards.answer_types import get_answer_type
-
-    return get_answer_type(answer_type)
-
-
-def answers_equivalent(a: str, b: str, answer_type: str = "math") -> bool:
-    """True if ``a`` and ``b`` are the same answer (normalized, numeric, or symbolic via math-verify).
-
-    Never raises and never hangs: math-verify errors and timeouts count as "not equivalent".
-    ``answer_type`` (``rewards.answer_types``) picks the normalisation and comparison.
-
-    >>> answers_equivalent(r"\\frac12", "0.5"), answers_equivalent("(B)", "b")
-    (True, True)
-    >>> answers_equivalent(r"\\{1, 2\\}", r"\\{2,1\\}"), answers_equivalent("3", "4")
-    (True, False)
-    """
-    if answer_type == "math":
-        return _equivalent_normalized(normalize_answer(a), normalize_answer(b))
-    kind = _kind(answer_type)
-    return kind.equivalent(kind.normalize(a), kind.normalize(b))
-
-
-def cluster_answers(answers: list[str | None], answer_type: str = "math") -> list[int | None]:
-    """An equivalence-class id per answer (None stays None).
-
-    Distinct normalized strings are visited in sorted order and each joins the first class whose
-    representative (its founder, hence its smallest member) it is equivalent to, so the partition
-    and the ids depend only on the *set* of answers, never on their order: class 0 holds the
-    smallest string. Identical normalized strings share a class without any comparison.
-
-    >>> cluster_answers(["0.5", "7", None, r"\\frac{1}{2}", "1/2"])
-    [0, 1, None, 0, 0]
-    """
-    return cluster_with_representatives(answers, answer_type)[0]
-
-
-def cluster_with_representatives(answers: list[str | None], answer_type: str = "math",
-                                 *, exact: bool = False) -> tuple[list[int | None], list[str]]:
-    """``cluster_answers`` plus each class's representative: its smallest normalized member.
-
-    ``exact=True`` clusters by normalized string only (TTRL's original counting): no comparisons.
-    Each distinct string is compared with each class once per call (the per-group cache), and every
-    comparison is bounded in time (see the module docstring).
-
-    >>> cluster_with_representatives(["7", "07.0", None])
-    ([0, 0, None], ['7'])
-    >>> cluster_with_representatives(["7", "07.0", "7.5"], exact=True)
-    ([0, 0, 1], ['7', '7.5'])
-    """
-    kind = _kind(answer_type)
-    norms = [kind.normalize(a) if a is not None else None for a in answers]
-    same = operator.eq if exact else kind.equivalent
-    reps: list[str] = []
-    cid: dict[str, int] = {}
-    for n in sorted({n for n in norms if n is not None}):
-        cid[n] = next((i for i, r in enumerate(reps) if same(n, r)), len(reps))
-        if cid[n] == len(reps):
-            reps.append(n)
-    return [cid[n] if n is not None else None for n in norms], reps
-
-
-def is_correct(answer: str | None, label: str | None, answer_type: str = "math") -> bool:
-    """Evaluation grading: is ``answer`` equivalent to the reference ``label``? None is wrong.
-
-    >>> is_correct("14", "14.0"), is_correct(None, "3"), is_correct("3", None), is_correct("(c)", "C", "choice")
-    (True, False, False, True)
-    """
-    if answer is None or label is None:
-        return False
-    return answers_equivalent(answer, label, answer_type)
+def clear_caches() -> None:
+    """Forget every memoised value, parse, verdict and timeout count here (a cold start, for benchmarks)."""
+    for fn in (as_number, _parse, _verify_sorted):
+        fn.cache_clear()
+    _timeouts.clear()

@@ -8,6 +8,10 @@ which beats a GSM8K-style ``#### X`` tail, which beats the last number in the te
 Everything here is linear-time: brace matching is one pass over the braces, and every regex is
 anchored on a literal or uses only simple, non-nested quantifiers, so a 100k-character adversarial
 completion cannot trigger catastrophic backtracking.
+
+This module is plain text work with no notion of answer types: ``extract_math`` is the ``math``
+type's extractor, the other types (``rewards.answer_types``) reuse its pieces, and
+``rewards.answers.extract_answer`` picks the extractor by type.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ _BRACE = re.compile(r"[{}]")
 _BARE_TOKEN = re.compile(r"[^\s$]+")
 # Prefixes only: the answer runs from the match to the end of its line. (Capturing the rest of the
 # line in the pattern would hide a second "the answer is" later on the same line.)
-_ANSWER_IS = re.compile(r"answer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
+ANSWER_IS = re.compile(r"answer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _HASHES = re.compile(r"####")
 _DOLLARS = re.compile(r"\$((?:[^$\\]|\\.)+)\$")  # ``\$`` (a currency sign) may sit inside
 _STATED_MAX = 1000  # chars after "answer is" worth reading; bounds the work per occurrence (linear)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 # Thousands-separated integers first (1,234,567), then plain ints/decimals, optional /denominator.
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -81,7 +85,8 @@ def _clean_stated(s: str) -> str:
     return s.strip().strip("$").strip()
 
 
-def _last_nonempty(pattern: re.Pattern, text: str) -> str | None:
+def last_stated(pattern: re.Pattern, text: str) -> str | None:
+    """The last non-empty answer stated after a match of ``pattern`` (up to its line's end), cleaned; or None."""
     for m in reversed(list(pattern.finditer(text))):
         stop = m.end() + _STATED_MAX
         eol = text.find("\n", m.end(), stop)
@@ -91,36 +96,19 @@ def _last_nonempty(pattern: re.Pattern, text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str, answer_type: str = "math", *, question: str | None = None) -> str | None:
-    """The final answer of a completion, or None if it states none.
-
-    ``answer_type`` (see ``rewards.answer_types``): ``math`` (below), ``number``, ``choice`` (which
-    reads the option list from ``question`` to map an option's text to its letter), or a
-    ``'module:function'`` extractor.
-
-    >>> extract_answer("I pick (c).", "choice"), extract_answer("so 18 apples", "number")
-    ('C', '18')
-    """
-    if answer_type == "math":
-        return extract_math(text)
-    from rewards.answer_types import get_answer_type
-
-    return get_answer_type(answer_type).extract(text, question)
-
-
 def extract_math(text: str) -> str | None:
     """The final answer of a math completion, or None if it states none.
 
     Order: last ``\\boxed{}``/``\\fbox{}``; last "the answer is X" / "answer: X"; last ``#### X``;
     the last number (ints, decimals, negatives, ``1,234``, ``3/4``).
 
-    >>> extract_answer(r"so \\boxed{12} and finally \\boxed{\\frac{1}{2}}")
+    >>> extract_math(r"so \\boxed{12} and finally \\boxed{\\frac{1}{2}}")
     '\\\\frac{1}{2}'
-    >>> extract_answer("Thus, the answer is 42.")
+    >>> extract_math("Thus, the answer is 42.")
     '42'
-    >>> extract_answer("Natalia sold 48 clips...\\n#### 1,234")
+    >>> extract_math("Natalia sold 48 clips...\\n#### 1,234")
     '1,234'
-    >>> extract_answer("we get 3 apples, then -2.5 more"), extract_answer("no idea")
+    >>> extract_math("we get 3 apples, then -2.5 more"), extract_math("no idea")
     ('-2.5', None)
     """
     if not text:
@@ -128,11 +116,11 @@ def extract_math(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
-    for pattern in (_ANSWER_IS, _HASHES):
-        stated = _last_nonempty(pattern, text)
+    for pattern in (ANSWER_IS, _HASHES):
+        stated = last_stated(pattern, text)
         if stated is not None:
             return stated
-    numbers = _NUMBER.findall(text)
+    numbers = NUMBER.findall(text)
     return numbers[-1] if numbers else None
 
 
@@ -150,7 +138,7 @@ def extract_reference(text: str) -> str:
     '14.0'
     """
     text = str(text)  # some sets (AIME25) store ints
-    tail = _last_nonempty(_HASHES, text)
+    tail = last_stated(_HASHES, text)
     if tail is not None:
         return tail
     boxed = last_boxed(text)

@@ -30,8 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from engine.types import Rollout, RolloutGroup, Task
-from rewards.equivalence import cluster_with_representatives
-from rewards.extract import extract_answer
+from rewards.answers import cluster_with_representatives, extract_answer
 
 _EPS = 1e-12  # threshold comparisons on shares are exact fractions; keep float noise out of them
 

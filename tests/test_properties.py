@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from engine.types import Rollout, RolloutGroup, Task
 from rewards import REWARDS, answers_equivalent, cluster_answers, extract_answer, extract_reference, normalize_answer
-from rewards.equivalence import MATH_VERIFY_TIMEOUT_S, cluster_with_representatives
+from rewards.answers import cluster_with_representatives
+from rewards.equivalence import MATH_VERIFY_TIMEOUT_S
 
 ANSWER_TYPES = ["math", "number", "choice"]
 PER_COMPARISON_S = 3 * MATH_VERIFY_TIMEOUT_S + 2.0  # parse, parse, verify; plus slack for a loaded machine

@@ -18,7 +18,7 @@ import pytest
 
 from factories import SHARED_DATA
 from rewards import answers_equivalent, extract_answer, extract_reference, normalize_answer
-from rewards.equivalence import _canonical_number
+from rewards.equivalence import canonical_number
 
 DATA_DIR = SHARED_DATA
 MATH_LEVELS = [f"ttrl/MATH-L{i}-TTT/test.json" for i in range(1, 6)]
@@ -57,7 +57,7 @@ def respellings(label: str) -> list[str]:
         extract_answer(f"Checking again.\nTherefore, the final answer is ${label}$."),
         extract_answer(f"The answer is $ {label} $"),
     ]
-    number = _canonical_number(normalize_answer(label))
+    number = canonical_number(normalize_answer(label))
     if number is not None:
         value = float(number)
         out += [str(value), f"{value:.2f}" if value * 100 == int(value * 100) else str(value)]
