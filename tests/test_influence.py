@@ -148,16 +148,16 @@ def test_k_distinct_indices_in_range_for_every_setting(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("lora", [True, False])
 def test_per_row_gradients_recorded_in_a_batched_backward_equal_one_row_at_a_time(tiny_model, lora):
-    from filters.per_sample import LinearGradients
+    from filters.influence.per_row import LinearGradients
 
     model = load(tiny_model, lora)
     model.train(False)
     layers = hooked_modules(model, None)
     rows = [([1, 5, 6, 17], [7, 8, 2]), ([1, 9], [10, 11, 12, 13, 14, 2]), ([1, 5, 6, 17, 20, 21], [15])]
     weights = torch.tensor([0.7, -1.3, 2.0])                  # per-row loss coefficients, signs mixed
-    from filters.influence import _pad
+    from filters.influence.sequence import pad
 
-    ids, attn, pos, C = _pad(rows, 0)
+    ids, attn, pos, C = pad(rows, 0)
     model.zero_grad(set_to_none=True)
     with LinearGradients(layers) as rec:
         logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -C - 1:-1]
@@ -170,7 +170,7 @@ def test_per_row_gradients_recorded_in_a_batched_backward_equal_one_row_at_a_tim
     for j, (_, m) in enumerate(layers):                       # the rows add up to autograd's own .grad
         torch.testing.assert_close(rec.row_gradient(j).sum(0), m.weight.grad, rtol=1e-4, atol=1e-6)
     # Norms, weighted sums and dot products from either representation equal those of the explicit rows.
-    from filters.influence import DenseFeatures
+    from filters.influence.features import DenseFeatures
 
     js = rec.recorded
     feats, dense = rec.features(js), DenseFeatures([rec.row_gradient(j).flatten(1) for j in js])

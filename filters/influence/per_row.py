@@ -1,4 +1,4 @@
-"""Per-row gradients of Linear layers, recorded inside an ordinary batched backward.
+"""Per-row gradients of Linear layers, recorded inside an ordinary batched backward: the update stage's features.
 
 A Linear ``y = x W^T + b`` applied to a batch has weight gradient ``sum_b G_b^T X_b`` (``G_b`` the rows of
 ``dL/dy`` of batch row b over its positions, ``X_b`` its inputs) and bias gradient ``sum_b sum_t G_bt``.
@@ -149,7 +149,7 @@ class LinearGradients:
         return out
 
     def features(self, js: list[int]):
-        """The three operations above bound to layers ``js``: what ``filters.influence.cosines`` takes."""
+        """The three operations above bound to layers ``js``: what ``targets.cosines`` takes."""
         return _Bound(self, js)
 
     def remove_rows(self, drop: torch.Tensor) -> None:

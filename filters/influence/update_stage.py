@@ -1,0 +1,117 @@
+"""Stage ``update`` (the default, IIF's design, NeurIPS 2025): score the rows the update trains on, inside
+its own backward, and take the dropped rows out of the gradient before the optimizer steps.
+
+The update trains on ``pool``'s n_train rollouts per group (``first_k``, TTRL's, or ``max_variance``);
+``per_row.LinearGradients`` records every row's gradient inside TRL's own backward
+(``GRPOPolicy.update(batch, grad_filter=...)``), the rows are scored, and the dropped rows' gradients are
+subtracted from ``.grad`` — so they contribute nothing to the applied update, and the features are the
+rows' true loss gradients (advantage, clipping, KL term and TRL's normalisation included). The DTV target
+costs nothing: the batch's summed gradient is autograd's own ``.grad``. Rows with zero advantage
+(unanimous groups) carry only the KL anchor and are always kept. Covered exactly: every trainable Linear —
+all of LoRA; under full fine-tuning the norm gains and the (tied) embedding are not Linear layers and keep
+the whole batch's gradient (``unfiltered_param_fraction``: 1.3% of the demo model).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import torch
+
+from filters.influence.features import DenseFeatures, precondition, project
+from filters.influence.keep import keep_mask
+from filters.influence.per_row import LinearGradients
+from filters.influence.sequence import hooked_modules
+from filters.influence.targets import agree_target, cosines, labeled_target
+from filters.selectors import first_k, max_variance
+
+POOLS = {"first_k": first_k, "max_variance": max_variance}   # the update stage's candidates
+
+
+class Settings(Protocol):
+    """The selector options this stage reads (``InfluenceSelector`` has them)."""
+
+    target: str
+    keep: str
+    fraction: float
+    precondition: bool
+    project_dim: int | None
+    modules: list[str] | None
+    max_rows: int
+    labeled_path: str | None
+    seed: int
+
+
+def capture(model) -> LinearGradients:
+    """Hooks recording per-row gradients of every trainable Linear (all of them: a dropped row must be
+    taken out of every layer it touched, not only the deciding ones)."""
+    return LinearGradients(hooked_modules(model, None))
+
+
+def alignments(cap: LinearGradients, adv: torch.Tensor, policy, s: Settings) -> tuple[torch.Tensor, bool]:
+    """(B,) each recorded row's alignment with the target over the deciding layers (``s.modules``), and
+    whether Adam preconditioning was applied (the optimizer has state)."""
+    layers = cap.layers
+    js = [j for j in cap.recorded if s.modules is None or any(m in layers[j][0] for m in s.modules)]
+    if not js:
+        raise ValueError(f"influence selector: no trainable Linear layer matches modules={s.modules!r}")
+    trainer = getattr(policy, "trainer", None)
+    used_adam = False
+    feats = cap.features(js)
+    if s.precondition or s.project_dim:      # elementwise or dense maps: materialise the rows
+        blocks = [(cap.row_gradient(j).clone() if j in cap.dense else cap.row_gradient(j)).flatten(1) for j in js]
+        if s.precondition:
+            blocks, used_adam = precondition(blocks, [layers[j][1].weight for j in js],
+                                             getattr(trainer, "optimizer", None), inplace=True)
+        feats = DenseFeatures(blocks)
+    t = sq = None
+    if s.target == "agree":    # the loss gradients of the rows that agree with the pseudo-label
+        t, sq = agree_target(feats, adv > 0)                                 # sq computed once, reused below
+    elif s.target == "labeled":
+        deciding = [layers[j] for j in js]
+        temperature = float(getattr(getattr(policy, "args", None), "temperature", 1.0) or 1.0)
+        flat = labeled_target(policy.model, s.labeled_path, getattr(trainer, "processing_class", None), deciding,
+                              temperature=temperature, max_rows=s.max_rows)
+        t = [tj.view_as(m.weight) for tj, (_, m) in zip(flat.split([m.weight.numel() for _, m in deciding]), deciding)]
+    if s.project_dim:
+        blocks, t = project(feats.blocks, t, s.project_dim, s.seed)
+        feats, sq = DenseFeatures(blocks), None
+    if t is None and not isinstance(feats, DenseFeatures):
+        t = cap.batch_gradient(js)                                           # autograd's own sum, free
+    return cosines(feats, s.target, t, sq), used_adam
+
+
+def filter_rows(cap: LinearGradients, advantages: torch.Tensor, policy, s: Settings,
+                totals: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """After one micro-batch's backward: score its rows, subtract the dropped rows' gradients from ``.grad``.
+
+    Returns (keep (B,) bool, alignment (B,), metrics). Rows with zero advantage (TTRL's unanimous groups)
+    are always kept. ``totals`` accumulates the step's micro-batches; the metrics (unprefixed) cover them all.
+    """
+    start = time.perf_counter()
+    adv = advantages.detach().float().cpu()
+    if adv.dim() > 1:                                                    # per-token advantages
+        adv = adv.flatten(1).mean(1)
+    a, used_adam = alignments(cap, adv, policy, s)
+    active = adv != 0
+    passed = keep_mask(a[active], s.keep, s.fraction)
+    keep = torch.ones(len(a), dtype=torch.bool)
+    keep[active] = passed
+    cap.remove_rows((~keep).float())
+    seconds = time.perf_counter() - start + cap.seconds
+    for key, value in {"rows": len(a), "active": int(active.sum()), "kept": int(passed.sum()),
+                       "negative": int((a[active] < 0).sum()), "alignment": float(a[active].sum()),
+                       "seconds": seconds, "preconditioned": float(used_adam)}.items():
+        totals[key] = totals.get(key, 0) + value
+    covered = sum(p.numel() for _, m in cap.layers for p in (m.weight, m.bias) if p is not None and p.requires_grad)
+    trainable = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+    return keep, a, {
+        "mean_alignment": totals["alignment"] / max(1, totals["active"]),
+        "kept_fraction": totals["kept"] / max(1, totals["active"]),
+        "negative_fraction": totals["negative"] / max(1, totals["active"]),
+        "zero_advantage_fraction": 1 - totals["active"] / max(1, totals["rows"]),
+        "preconditioned": float(used_adam),
+        "unfiltered_param_fraction": 1 - covered / max(1, trainable),
+        "time_s": totals["seconds"],
+    }
