@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rewards.controls import constant_reward, random_reward
 from rewards.vote import confident_vote, majority_vote, plain_majority, soft_vote
 
 REWARDS: dict[str, Callable] = {
@@ -16,4 +17,6 @@ REWARDS: dict[str, Callable] = {
     "plain_majority": plain_majority,    # normalized-string majority (TTRL's original counting)
     "confident_vote": confident_vote,    # SCRL's share/margin-gated majority
     "soft_vote": soft_vote,              # reward = share of the rollout's answer cluster
+    "random": random_reward,             # control: 1 with probability p, whatever the answer (arXiv 2506.10947)
+    "constant": constant_reward,         # control: one value for all, zero GRPO advantage
 }

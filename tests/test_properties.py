@@ -137,7 +137,7 @@ def test_clusters_permute_with_the_answers(answers, rng):
             assert answers_equivalent(answer, reps[cid])
 
 
-@pytest.mark.parametrize("variant", list(REWARDS))
+@pytest.mark.parametrize("variant", [name for name in REWARDS if name not in ("random", "constant")])  # votes, not the controls
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(answers=ANSWERS, junk=st.lists(TEXT, max_size=3), rng=st.randoms(use_true_random=False))
 def test_votes_do_not_depend_on_rollout_order(variant, answers, junk, rng):

@@ -1,7 +1,7 @@
 """TRL ``GRPOConfig`` options that this engine cannot honour, each with the reason it says at start-up.
 
 Every ``GRPOConfig`` option is an option of ``ttrl run`` (the parser is TRL's own), but the engine
-replaces two of the things TRL's trainer does: it samples rollouts itself (``engine/sampler_*.py``,
+replaces two of the things TRL's trainer does: it samples rollouts itself (``engine/samplers/``,
 TRL's generation is bypassed through ``rollout_func``), and its loop (``engine/loop.py``) stands where
 ``Trainer.train()`` would. Options that only configure those two parts would be accepted and then do
 nothing. An option listed here is refused when it differs from its default, naming why and what to use
