@@ -17,9 +17,20 @@ A majority vote (TTRL, arXiv 2504.16084, §3) is only as good as its notion of "
 ``tests/test_equivalence_cases.py`` holds this to public grader cases: never worse than math-verify
 alone, except the divergences listed there with their reasons.
 
-math-verify can hang on pathological input (huge powers, deep nesting), so tier 3 runs under our own
-``setitimer`` deadline. Signals only work in the main thread, so off the main thread (or when
-someone else's timer is already pending) tier 3 is skipped and only tiers 1-2 decide.
+math-verify can hang on pathological input (huge powers, deep nesting), so tier 3 runs under a time
+bound in any thread (``rewards.deadline``): ``MATH_VERIFY_TIMEOUT_S`` per parse and per verify, a
+timeout counting as "not equivalent". In the main thread with no other timer pending that is our own
+SIGALRM ``setitimer`` deadline, a few microseconds per call. Anywhere else (Ray Train runs the training
+function off the main thread; a thread pool; someone else's timer pending) signals cannot be used, so
+the pair goes to one persistent helper process (``MATH_VERIFY_WORKER``, started on first need, about
+a second): it receives the two normalized strings, runs the very same ``_parse`` + verify under the
+same SIGALRM deadlines in its own main thread, and returns the verdict and the timeouts it saw, which
+this process counts as the signal path does. Sending strings, not parsed sympy objects, keeps the
+protocol to a JSON line and the parse cache in the helper; the verdict cache (``_verify_sorted``) and
+the timeout counts stay here. If the helper hangs where a signal cannot reach (inside one C call), it
+is killed after ``3 * MATH_VERIFY_TIMEOUT_S + WORKER_GRACE_S`` and both strings count one timeout. If
+it cannot start at all, ``rewards.deadline`` logs one warning naming the cause and tiers 1-2 decide
+off the main thread from then on; a helper error is logged and counts as "not equivalent".
 
 This module knows only math answers (the ``math`` type, whose pieces the other types reuse); picking
 the comparison by answer type, and clustering a vote's answers, is ``rewards.answers``.
@@ -32,24 +43,25 @@ import logging
 import math
 import operator
 import re
-import signal
-import threading
 from collections import Counter
-from contextlib import contextmanager
 from decimal import Decimal
 from fractions import Fraction
 
 from rewards.compound import THOUSANDS, canonical_compound, compare_lists, is_equation, is_relation
 from rewards.closed_form import (closed_form_value, has_variable, is_structured, point_value, structured_equal,
                                  structured_values, values_equal)
+from rewards.deadline import (Deadline, Worker, WorkerError, WorkerTimeout, WorkerUnavailable, deadline, serve,
+                              signals_usable)
 
 MATH_VERIFY_TIMEOUT_S = 1.0   # per parse and per verify; a timeout counts as "not equivalent"
 MATH_VERIFY_MAX_LEN = 300     # longer normalized answers are compared as strings only
+WORKER_GRACE_S = 1.0          # off the main thread: kill the helper this long after its own deadlines
 # A string that has timed out this often is pathological: later pairs with it skip math-verify, so
 # a group of N such answers costs O(N) timeouts, not O(N^2). (Two, not one, so that an innocent
 # partner of a single pathological answer is not blacklisted.)
 _TIMEOUTS_TO_SKIP = 2
 _timeouts: Counter[str] = Counter()
+_log = logging.getLogger(__name__)
 
 _SUBS = [  # (pattern, replacement), applied in order
     (re.compile(r"(?<=\d)(?:\s*\{\s*,\s*\}\s*|,\\!\s*)(?=\d)"), ","),  # 14{,}916, 32,\!348: thousands
@@ -176,40 +188,8 @@ def _terminates(x: Fraction) -> bool:
     return d == 1
 
 
-class _Deadline(BaseException):
-    """Raised by our SIGALRM handler; a BaseException so math-verify's ``except Exception`` lets it out."""
-
-
-def _on_alarm(signum, frame):
-    raise _Deadline
-
-
-@contextmanager
-def _deadline(seconds: float):
-    """Interrupt the body after ``seconds`` (main thread only) and restore the previous handler."""
-    old = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        while True:  # the alarm may fire between the body's end and this line: retry until disarmed
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                break
-            except _Deadline:
-                continue
-        signal.signal(signal.SIGALRM, old)
-
-
-def _can_use_signals() -> bool:
-    """True in the main thread when no other ITIMER_REAL/alarm is pending (we must not eat it)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        return False
-    return signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
-
-
 class _DropTimeoutWarning(logging.Filter):
-    """math-verify warns once that its own timeout is off; ours (``_deadline``) replaces it."""
+    """math-verify warns once that its own timeout is off; ours (``rewards.deadline.deadline``) replaces it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Timeout is disabled")
@@ -229,30 +209,68 @@ def _parse(s: str):
     """math-verify's parse of a normalized answer, or None if it failed or ran out of time."""
     parse, _ = _math_verify()
     try:
-        with _deadline(MATH_VERIFY_TIMEOUT_S):
+        with deadline(MATH_VERIFY_TIMEOUT_S):
             return parse("$" + s + "$", parsing_timeout=None) or None
-    except _Deadline:
+    except Deadline:
         _timeouts[s] += _TIMEOUTS_TO_SKIP
         return None
     except Exception:
         return None
 
 
-@functools.lru_cache(maxsize=65536)
-def _verify_sorted(a: str, b: str) -> bool:
+def _verify_here(a: str, b: str) -> bool:
+    """Tier 3 in this thread, which must be able to use signals (``signals_usable``)."""
     pa, pb = _parse(a), _parse(b)
     if pa is None or pb is None:
         return False
     _, verify = _math_verify()
     try:
-        with _deadline(MATH_VERIFY_TIMEOUT_S):
+        with deadline(MATH_VERIFY_TIMEOUT_S):
             # verify is asymmetric (gold, target); an answer pair is equivalent if either way holds.
             return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
-    except _Deadline:
+    except Deadline:
         _timeouts.update((a, b))
         return False
     except Exception:
         return False
+
+
+def _answer_in_worker(pair: list[str]) -> dict:
+    """The helper's handler: ``_verify_here`` on its main thread, with the timeouts it added to each string."""
+    a, b = pair
+    before = {s: _timeouts[s] for s in (a, b)}
+    equal = _verify_here(a, b)
+    return {"equal": equal, "timeouts": {s: _timeouts[s] - n for s, n in before.items() if _timeouts[s] > n}}
+
+
+def serve_math_verify() -> None:
+    """The helper process's entry point (``MATH_VERIFY_WORKER``): import math-verify, then serve pairs."""
+    _math_verify()
+    serve(_answer_in_worker)
+
+
+MATH_VERIFY_WORKER = Worker(__name__, serve_math_verify.__name__)
+
+
+def _verify_in_worker(a: str, b: str) -> bool:
+    """Tier 3 in the helper process, for threads that cannot use signals."""
+    try:
+        reply = MATH_VERIFY_WORKER.call([a, b], timeout=3 * MATH_VERIFY_TIMEOUT_S + WORKER_GRACE_S)
+    except WorkerTimeout:  # logged by the worker; blamed on both, as a verify timeout is
+        _timeouts.update((a, b))
+        return False
+    except WorkerUnavailable:  # logged once, when the start failed: tiers 1-2 decide
+        return False
+    except WorkerError as e:
+        _log.warning("math-verify helper failed on %.200r; counted as not equivalent:\n%s", (a, b), e)
+        return False
+    _timeouts.update(reply["timeouts"])
+    return reply["equal"]
+
+
+@functools.lru_cache(maxsize=65536)
+def _verify_sorted(a: str, b: str) -> bool:
+    return _verify_here(a, b) if signals_usable() else _verify_in_worker(a, b)
 
 
 def equivalent_normalized(a: str, b: str) -> bool:
@@ -292,13 +310,15 @@ def _tiers(a: str, b: str) -> bool:
     p, q = point_value(a), point_value(b)
     if p is not None and q is not None and not values_equal(p, q):  # differ at a point: differ
         return False
-    if not _can_use_signals() or max(_timeouts[a], _timeouts[b]) >= _TIMEOUTS_TO_SKIP:
+    if max(_timeouts[a], _timeouts[b]) >= _TIMEOUTS_TO_SKIP:
         return False
     return _verify_sorted(*sorted((a, b)))
 
 
 def clear_caches() -> None:
-    """Forget every memoised value, parse, verdict and timeout count here (a cold start, for benchmarks)."""
+    """Forget every memoised value, parse, verdict and timeout count here, and stop the math-verify
+    helper with its own caches (a cold start, for benchmarks)."""
     for fn in (as_number, _parse, _verify_sorted):
         fn.cache_clear()
     _timeouts.clear()
+    MATH_VERIFY_WORKER.close()

@@ -1,9 +1,9 @@
 """Property tests (hypothesis) for answer extraction, equivalence and the votes.
 
 Arbitrary strings never crash them or hang them: extraction is linear-time by construction
-(``rewards.extract``), and equivalence bounds math-verify with its own ``setitimer`` deadline of
-``MATH_VERIFY_TIMEOUT_S`` per parse and per verify (``rewards.equivalence``), so one comparison costs at
-most three deadlines. The hypothesis deadlines below are that bound plus slack for a shared machine,
+(``rewards.extract``), and equivalence bounds math-verify with its own deadline of
+``MATH_VERIFY_TIMEOUT_S`` per parse and per verify (``rewards.equivalence``; SIGALRM here in the main
+thread, a helper process elsewhere), so one comparison costs at most three deadlines. The hypothesis deadlines below are that bound plus slack for a shared machine,
 not performance targets; the explicit timing checks use the same bounds.
 
 The votes must not depend on rollout order: the pseudo-label and the stats stay the same and the
