@@ -7,29 +7,26 @@ pseudo-label, rewards the rollouts that agree with it (1) and the rest (0), and 
 used for evaluation and telemetry only: training stages see ``task.unlabeled()`` copies.
 
 This module never imports vllm or trl: it is handed a ``sampler`` (``engine.types.Sampler``) and a
-``policy`` (``engine.update.GRPOPolicy``), so every backend runs the same loop.
+``policy`` (``engine.update.GRPOPolicy``), so every backend runs the same loop. What a run writes
+(metrics rows, checkpoints and resume, Ctrl-C, summary and report) is kept by
+``engine.rundir.record.RunRecord``, so ``run`` reads as the algorithm.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import signal
-import sys
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from engine.rundir import checkpoint
 from engine.config.options import Config
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
+from engine.rundir.record import RunRecord
 from engine.types import RolloutGroup, SamplingParams, Task
-from engine.rundir.report import write_report
 from engine.update import Batch
 from filters import FILTERS, SELECTORS
 from filters.stage import apply_filters, build_filters
@@ -43,197 +40,160 @@ class RewardError(RuntimeError):
 def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=tqdm.write) -> dict:
     """Adapt ``policy`` to ``tasks``; write metrics, summary, report and adapter under ``out_dir``."""
     g, t = cfg.grpo, cfg.ttrl
-    reward_fn = build_reward(t.reward, answer_type=t.answer_type)
+    score = partial(apply_reward, build_reward(t.reward, answer_type=t.answer_type), t.reward)
     select = resolve(t.selector, SELECTORS, "selectors")
     labels = {task.id: task.label for task in tasks}             # evaluation and telemetry only
-    train_tasks = [task.unlabeled() for task in tasks]            # what the training stages see
-    rollout_params = SamplingParams(n=t.n_votes, temperature=g.temperature, top_p=g.top_p,
-                                    max_new_tokens=g.max_completion_length)
-    eval_params = SamplingParams(n=cfg.eval.eval_k, temperature=cfg.eval.eval_temperature or g.temperature,
-                                 top_p=g.top_p, max_new_tokens=cfg.eval.eval_max_tokens or g.max_completion_length)
+    params = SamplingParams(n=t.n_votes, temperature=g.temperature, top_p=g.top_p,
+                            max_new_tokens=g.max_completion_length)
     rng = random.Random(g.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    compute = {"tokens/generated": 0, "tokens/trained": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
-               "time/update_s": 0.0, "time/eval_s": 0.0}
-    saves = {"count": 0, "seconds": 0.0, "mb": 0.0}
-    run_start = time.perf_counter()
-
-    def run_eval(tag: str) -> dict[str, float]:
-        start = time.perf_counter()
-        result = evaluate(sampler, tasks, k=cfg.eval.eval_k, params=eval_params, greedy=cfg.eval.eval_greedy,
-                          answer_type=t.answer_type)
-        compute["time/eval_s"] += time.perf_counter() - start
-        log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith("accuracy/")))
-        return result
-
-    filter_stages = build_filters(t.filters, FILTERS)
-    # GRESO skips prompts before sampling them; in monitor mode it only counts what it would skip
-    # (the expected number, from its skip_probability: no draw, so the run's random stream is untouched).
-    skip_stages = [stage for stage in filter_stages if hasattr(stage.fn, "skip")]
-    skippers = [stage.fn for stage in skip_stages if stage.mode == "enforce"]
-    watchers = [stage for stage in skip_stages if stage.mode == "monitor"]
-    stream = PromptStream(train_tasks, t.episodes, rng)
-
-    # Resume: a checkpoint in out_dir puts every piece of state back as it was after its step, and
-    # metrics.jsonl is cut back to that step (rows written after it are written again, identically).
-    resumed = checkpoint.find(out_dir)
-    if resumed is not None:
-        state = checkpoint.load(resumed, policy=policy, rng=rng)
-        before, history, step = state["before"], state["history"], state["step"]
-        compute.update(state["compute"])
-        saves.update(state["saves"])
-        stream.load_state_dict(state["stream"])
-        for stage in filter_stages:
-            if hasattr(stage.fn, "load_state_dict"):
-                stage.fn.load_state_dict(state["filters"][stage.name])
-        run_start -= state["elapsed_s"]
-        sampler.load_weights(policy.model)
-        log(f"resumed from {resumed} after step {step} (episode {stream.episode}, {len(history) - 1} rows)")
-    else:
-        before = run_eval("before")
-        history = [{"step": 0, **before, **cumulative(compute)}]
-        step = 0
-    _truncate_jsonl(out_dir / "metrics.jsonl", len(history) - 1)
-    metrics_file = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
-
-    def save_checkpoint() -> None:
-        loop_state = {"before": before, "history": history, "step": step, "compute": compute, "saves": saves,
-                      "stream": stream.state_dict(), "elapsed_s": time.perf_counter() - run_start,
-                      "filters": {s.name: s.fn.state_dict() for s in filter_stages if hasattr(s.fn, "state_dict")}}
-        cost = checkpoint.save(out_dir, policy=policy, rng=rng, loop_state=loop_state)
-        saves.update(count=saves["count"] + 1, seconds=saves["seconds"] + cost["checkpoint/seconds"],
-                     mb=cost["checkpoint/mb"])
-
-    # Ctrl-C: finish the step in flight, checkpoint, then stop (a second Ctrl-C stops at once).
-    interrupted = threading.Event()
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            interrupted.set()
-            log("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)")
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
-
+    stages = build_filters(t.filters, FILTERS)
+    stream = PromptStream([task.unlabeled() for task in tasks], t.episodes, rng)  # what the training stages see
+    record = RunRecord(out_dir, policy=policy, rng=rng, stream=stream, filters=stages, save_every=t.save_every,
+                       log=log)
+    if not record.resume(sampler):  # a checkpoint in out_dir: continue after its step, as if never stopped
+        record.begin(before=accuracy(cfg, sampler, tasks, record, "before"))
     bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
                disable=not t.progress)
     try:
         while not stream.exhausted and not policy.finished:  # finished: --max_steps optimizer steps taken
-            finished_at_start = stream.episodes_finished
-            # "step": optimizer steps taken once this row's work is done (a row whose groups were all
-            # filtered out takes none); "iteration": the row's own number.
-            row: dict[str, float] = {"step": step, "iteration": len(history)}
-            sampled: list[RolloutGroup] = []
-            kept: list[RolloutGroup] = []
-            counts: dict[str, float] = {"prompts/skipped": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
-                                        "tokens/generated": 0, "sampling/rounds": 0}
-
-            # 1-2. Sample n_votes rollouts per prompt, score them (majority vote), filter the groups.
-            #      Dropped groups are replaced by fresh prompts (DAPO dynamic sampling), up to
-            #      max_refill_rounds extra rounds, so they cost sampling but never a backward pass.
-            for _ in range(1 + t.max_refill_rounds):
-                batch_tasks, skipped = stream.take(
-                    t.prompts_per_step - len(kept), skip=lambda task: any(s.skip(task.id, rng) for s in skippers))
-                counts["prompts/skipped"] += skipped
-                for stage in watchers:
-                    key = f"filters/{stage.name}/would_skip"
-                    counts[key] = counts.get(key, 0.0) + sum(stage.fn.skip_probability(task.id) for task in batch_tasks)
-                bar.update(len(batch_tasks) + skipped)
-                if not batch_tasks:
-                    break
-                start = time.perf_counter()
-                groups = sampler.generate(batch_tasks, rollout_params, desc=f"step {step + 1} sample")
-                counts["time/generate_s"] += time.perf_counter() - start
-                counts["tokens/generated"] += sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
-                start = time.perf_counter()
-                for grp in groups:
-                    apply_reward(reward_fn, t.reward, grp)
-                counts["time/reward_s"] += time.perf_counter() - start
-                counts["sampling/rounds"] += 1
-                sampled += groups
-                survivors, filter_counts = apply_filters(filter_stages, groups)
-                kept += survivors
-                for key, value in filter_counts.items():
-                    counts[key] = counts.get(key, 0) + value
-                if len(kept) >= t.prompts_per_step:
-                    break
+            episodes_finished = stream.episodes_finished
+            row = record.new_row()
+            # 1-2. Sample n_votes rollouts per prompt, score them (majority vote), filter; refill (DAPO).
+            sampled, kept, counts = collect_groups(stream, sampler, params, score, stages, rng, want=t.prompts_per_step,
+                                                   rounds=1 + t.max_refill_rounds, progress=bar.update,
+                                                   desc=f"step {record.step + 1} sample")
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
-            for stage in skip_stages:
-                row.update(stage.fn.end_step())
-            # TRL splits a batch's rows into gradient_accumulation_steps equal parts: train on whole groups
-            # whose rows make a multiple (unit groups: GA / gcd(GA, n_train)).
-            unit = g.gradient_accumulation_steps // math.gcd(g.gradient_accumulation_steps, t.n_train)
-            survived = len(kept)
-            kept = kept[: survived - survived % unit]
-            row.update({"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
-                        "groups/trained": len(kept), "groups/cut_for_accumulation": survived - len(kept)})
-            if survived > len(kept):
-                log(f"iteration {len(history)}: {survived - len(kept)} of the {survived} groups that passed the "
-                    f"filters left out: gradient_accumulation_steps={g.gradient_accumulation_steps} needs a "
-                    f"multiple of {unit} groups of {t.n_train} rows" + ("; no update" if not kept else ""))
-            if not kept:
-                row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
-                if sampled and not survived:
-                    log(f"iteration {len(history)}: every group was filtered out ({len(sampled)} sampled); no update")
-            else:
-                step += 1
-                row["step"] = step
-                # 3. Select the n_train rollouts of each group to train on.
-                selections = select_rollouts(select, kept, t.n_train, policy)
-                batch = Batch.from_groups(kept, selections)
-                row["tokens/trained"] = sum(len(ids) for ids in batch.completion_ids)
-                for key, value in getattr(select, "last_metrics", {}).items():
-                    row[key] = value
-
-                # 4. GRPO update (TRL), KL-anchored to the base model. The sampler then holds the
-                #    updated weights, so the next batch is sampled from the adapted policy.
-                start = time.perf_counter()
-                row.update(policy.update(batch, grad_filter=getattr(select, "grad_filter", None)))
-                row.update(sampler.load_weights(policy.model) or {})  # vLLM reports time/weight_sync_s
-                row["time/update_s"] = time.perf_counter() - start
-                row["update/skipped"] = 0
-            row["episode"] = stream.episode - 1
-            row["memory/rss_mb"] = rss_mb()
-            for key in ("tokens/generated", "tokens/trained", "time/generate_s", "time/reward_s", "time/update_s"):
-                compute[key] += row[key]
-            row.update(cumulative(compute))
-            if kept and cfg.eval.eval_every and step % cfg.eval.eval_every == 0:
-                row.update(run_eval(f"step {step}"))
-            history.append(row)
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            policy.log(row)  # the --report_to trackers (TensorBoard, W&B, ...)
-            if (interrupted.is_set() or stream.episodes_finished > finished_at_start
-                    or (kept and t.save_every and step % t.save_every == 0)):  # every save_every optimizer steps
-                save_checkpoint()
-            if interrupted.is_set():
-                raise KeyboardInterrupt(f"checkpoint saved after step {step}; continue with "
-                                        f"`ttrl run --resume {out_dir}`")
+            for stage in stages:
+                if hasattr(stage.fn, "skip"):  # GRESO adapts its skip probability once per step
+                    row.update(stage.fn.end_step())
+            # TRL splits the batch into gradient_accumulation_steps equal parts: train on whole groups that fit.
+            kept, group_counts = fit_to_accumulation(sampled, kept, g.gradient_accumulation_steps, t.n_train,
+                                                     iteration=row["iteration"], log=log)
+            row.update(group_counts)
             if kept:
-                log(f"step {step}: reward={row['reward/mean']:.3f} majority_ratio={row['vote/majority_ratio']:.3f}"
-                    + (f" label_acc={row['label_accuracy']:.3f}" if "label_accuracy" in row else "")
-                    + f" trained {len(kept)}/{len(sampled)} groups"
-                    + f" kl={row.get('train/kl', float('nan')):.4f} loss={row['train/loss']:.4f}")
+                record.step += 1
+                row["step"] = record.step
+                # 3-4. Select n_train rollouts per group; GRPO update, KL-anchored to the base model.
+                row.update(update(policy, sampler, select, kept, t.n_train))
+            else:
+                row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
+            record.account(row, episode=stream.episode - 1)
+            if kept and cfg.eval.eval_every and record.step % cfg.eval.eval_every == 0:
+                row.update(accuracy(cfg, sampler, tasks, record, f"step {record.step}"))
+            record.commit(row, trained=bool(kept), episode_ended=stream.episodes_finished > episodes_finished)
+            if kept:
+                log(step_line(record.step, row, trained=len(kept), sampled=len(sampled)))
     finally:
         bar.close()
-        metrics_file.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        record.close()
+    return record.finish(accuracy(cfg, sampler, tasks, record, "after"), config=cfg.to_dict())
 
-    after = run_eval("after")
-    history.append({"step": step, **after})
-    policy.log({f"after/{k}": v for k, v in after.items()})
-    policy.close()
-    compute["time/total_s"] = time.perf_counter() - run_start
-    compute["steps"] = step
-    policy.save(out_dir / "adapter")
-    summary = {"before": before, "after": after, "compute": compute, "telemetry": summarize_telemetry(history),
-               "checkpoints": saves, "config": cfg.to_dict()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    write_report(out_dir, summary, history)
-    return summary
+
+def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score, stages, rng: random.Random, *,
+                   want: int, rounds: int, progress, desc: str) -> tuple[list[RolloutGroup], list[RolloutGroup], dict]:
+    """Steps 1-2 of a TTRL step: sample, score and filter up to ``want`` groups, in at most ``rounds`` rounds.
+
+    Each round takes fresh prompts from ``stream``, samples ``params.n`` (n_votes) rollouts for each and
+    scores them (``score``: the majority-vote pseudo-reward); the filters then drop groups, and the next
+    round replaces them (DAPO dynamic sampling, arXiv 2503.14476), so a dropped group costs sampling but
+    never a backward pass. GRESO skips prompts before sampling them; in monitor mode it only counts what
+    it would skip (the expected number, from its skip_probability: no draw, so the run's random stream is
+    untouched). Returns every group sampled, the groups kept, and the row's sampling counts.
+    """
+    skippers = [stage.fn for stage in stages if hasattr(stage.fn, "skip") and stage.mode == "enforce"]
+    watchers = [stage for stage in stages if hasattr(stage.fn, "skip") and stage.mode == "monitor"]
+    sampled: list[RolloutGroup] = []
+    kept: list[RolloutGroup] = []
+    counts: dict[str, float] = {"prompts/skipped": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
+                                "tokens/generated": 0, "sampling/rounds": 0}
+    for _ in range(rounds):
+        batch_tasks, skipped = stream.take(want - len(kept),
+                                           skip=lambda task: any(s.skip(task.id, rng) for s in skippers))
+        counts["prompts/skipped"] += skipped
+        for stage in watchers:
+            key = f"filters/{stage.name}/would_skip"
+            counts[key] = counts.get(key, 0.0) + sum(stage.fn.skip_probability(task.id) for task in batch_tasks)
+        progress(len(batch_tasks) + skipped)
+        if not batch_tasks:
+            break
+        start = time.perf_counter()
+        groups = sampler.generate(batch_tasks, params, desc=desc)
+        counts["time/generate_s"] += time.perf_counter() - start
+        counts["tokens/generated"] += sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
+        start = time.perf_counter()
+        for grp in groups:
+            score(grp)
+        counts["time/reward_s"] += time.perf_counter() - start
+        counts["sampling/rounds"] += 1
+        sampled += groups
+        survivors, filter_counts = apply_filters(stages, groups)
+        kept += survivors
+        for key, value in filter_counts.items():
+            counts[key] = counts.get(key, 0) + value
+        if len(kept) >= want:
+            break
+    return sampled, kept, counts
+
+
+def fit_to_accumulation(sampled: list[RolloutGroup], kept: list[RolloutGroup], accumulation: int, n_train: int, *,
+                        iteration: int, log) -> tuple[list[RolloutGroup], dict[str, int]]:
+    """The groups to train on, and the row's group counts; says what was left out.
+
+    TRL splits a batch's rows into gradient_accumulation_steps equal parts: train on whole groups whose
+    rows make a multiple (unit groups: GA / gcd(GA, n_train)).
+    """
+    unit = accumulation // math.gcd(accumulation, n_train)
+    survived = len(kept)
+    kept = kept[: survived - survived % unit]
+    if survived > len(kept):
+        log(f"iteration {iteration}: {survived - len(kept)} of the {survived} groups that passed the "
+            f"filters left out: gradient_accumulation_steps={accumulation} needs a "
+            f"multiple of {unit} groups of {n_train} rows" + ("; no update" if not kept else ""))
+    if sampled and not survived:
+        log(f"iteration {iteration}: every group was filtered out ({len(sampled)} sampled); no update")
+    return kept, {"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
+                  "groups/trained": len(kept), "groups/cut_for_accumulation": survived - len(kept)}
+
+
+def update(policy, sampler, select, groups: list[RolloutGroup], n_train: int) -> dict[str, float]:
+    """Steps 3-4: select the ``n_train`` rollouts of each group to train on, then one GRPO update (TRL),
+    KL-anchored to the base model. The sampler then holds the updated weights, so the next batch is
+    sampled from the adapted policy. Returns the row's update metrics."""
+    row: dict[str, float] = {}
+    selections = select_rollouts(select, groups, n_train, policy)
+    batch = Batch.from_groups(groups, selections)
+    row["tokens/trained"] = sum(len(ids) for ids in batch.completion_ids)
+    for key, value in getattr(select, "last_metrics", {}).items():
+        row[key] = value
+    start = time.perf_counter()
+    row.update(policy.update(batch, grad_filter=getattr(select, "grad_filter", None)))
+    row.update(sampler.load_weights(policy.model) or {})  # vLLM reports time/weight_sync_s
+    row["time/update_s"] = time.perf_counter() - start
+    row["update/skipped"] = 0
+    return row
+
+
+def accuracy(cfg: Config, sampler, tasks: list[Task], record: RunRecord, tag: str) -> dict[str, float]:
+    """Evaluate the current policy on the labeled tasks (``engine.evaluate``); logs the accuracies under
+    ``tag`` and counts the time as evaluation."""
+    g, e = cfg.grpo, cfg.eval
+    params = SamplingParams(n=e.eval_k, temperature=e.eval_temperature or g.temperature, top_p=g.top_p,
+                            max_new_tokens=e.eval_max_tokens or g.max_completion_length)
+    start = time.perf_counter()
+    result = evaluate(sampler, tasks, k=e.eval_k, params=params, greedy=e.eval_greedy, answer_type=cfg.ttrl.answer_type)
+    record.compute["time/eval_s"] += time.perf_counter() - start
+    record.log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith("accuracy/")))
+    return result
+
+
+def step_line(step: int, row: dict, *, trained: int, sampled: int) -> str:
+    """The log line of a step that trained."""
+    return (f"step {step}: reward={row['reward/mean']:.3f} majority_ratio={row['vote/majority_ratio']:.3f}"
+            + (f" label_acc={row['label_accuracy']:.3f}" if "label_accuracy" in row else "")
+            + f" trained {trained}/{sampled} groups"
+            + f" kl={row.get('train/kl', float('nan')):.4f} loss={row['train/loss']:.4f}")
 
 
 class PromptStream:
@@ -292,34 +252,6 @@ class PromptStream:
         return out, skipped
 
 
-def rss_mb() -> float:
-    """This process's resident memory in MiB (Linux /proc; elsewhere the peak, from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def _truncate_jsonl(path: Path, rows: int) -> None:
-    """Keep the first ``rows`` lines of ``path`` (the rows a checkpoint covers); no file, no rows: nothing."""
-    if not path.exists():
-        return
-    with path.open("rb") as f:
-        lines = f.readlines()
-    if len(lines) != rows:
-        with path.open("wb") as f:
-            f.writelines(lines[:rows])
-
-
-def cumulative(compute: dict[str, float]) -> dict[str, float]:
-    """Compute spent so far, on every metrics row: what accuracy-versus-compute curves are drawn from."""
-    return {f"compute/{k}": v for k, v in compute.items() if k != "time/eval_s"}
-
-
 def select_rollouts(select, groups: list[RolloutGroup], k: int, policy) -> list[list[int]]:
     """Indices of the ``k`` rollouts to train on, per group.
 
@@ -346,22 +278,6 @@ def apply_reward(reward_fn, spec, group: RolloutGroup) -> None:
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             raise RewardError(f"reward {name!r} returned {v!r} for rollout {i} of task {group.task.id!r}")
         group.rollouts[i].reward = float(v)
-
-
-def summarize_telemetry(history: list[dict]) -> dict[str, dict[str, float]]:
-    """First, last and mean of the training signal over the run, for ``summary.json``.
-
-    Falling answer entropy with a flat ``label_accuracy`` is the collapse signal TTRL's follow-ups warn
-    about ("rise then fall"); a rising ``label_accuracy`` is the model beating its own early votes.
-    """
-    keys = ("vote/majority_ratio", "vote/answer_entropy", "vote/distinct_answers", "vote/confident",
-            "label_accuracy", "label_precision", "reward_accuracy", "reward/mean")
-    out = {}
-    for key in keys:
-        values = [row[key] for row in history if key in row]
-        if values:
-            out[key] = {"first": values[0], "last": values[-1], "mean": sum(values) / len(values)}
-    return out
 
 
 def telemetry(groups: list[RolloutGroup], labels: dict[str, str | None], answer_type: str = "math") -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch
 
 from engine.rundir import checkpoint
 from engine.cli.main import main
-from engine.loop import _truncate_jsonl
+from engine.rundir.metrics import truncate_jsonl
 
 SMALL = ["--limit", "64", "--prompts_per_step", "16", "--episodes", "2", "--eval_k", "4", "--save_every", "3",
          "--progress", "false"]
@@ -196,11 +196,11 @@ def test_rng_states_come_back(tmp_path):
 def test_truncate_jsonl_keeps_the_rows_a_checkpoint_covers(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
-    _truncate_jsonl(path, 2)
+    truncate_jsonl(path, 2)
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
-    _truncate_jsonl(tmp_path / "none.jsonl", 0)
+    truncate_jsonl(tmp_path / "none.jsonl", 0)
     assert not (tmp_path / "none.jsonl").exists()
-    _truncate_jsonl(path, 0)
+    truncate_jsonl(path, 0)
     assert path.read_text() == ""
 
 
