@@ -380,4 +380,4 @@ def test_traceback_only_with_debug(tmp_path):
     debug = ttrl(*args, "--debug")
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert "engine.config.options.ConfigError: n_train (4) must be <= n_votes (2)" in debug.stderr
+    assert "engine.errors.ConfigError: n_train (4) must be <= n_votes (2)" in debug.stderr
