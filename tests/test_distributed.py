@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,9 +41,16 @@ def env(probe: Path | None = None) -> dict:
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(nproc: int, *args, probe: Path | None = None) -> subprocess.Popen:
+    """``torchrun --nproc_per_node nproc ARGS`` (a free port: torchrun's port 0 hangs its static rendezvous)."""
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                             "--master_port", "0", *args], cwd=ROOT, env=env(probe), stdout=subprocess.PIPE,
+                             "--master_port", str(free_port()), *args], cwd=ROOT, env=env(probe), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -50,8 +58,14 @@ def ttrl_torchrun(nproc: int, *args, probe: Path | None = None) -> subprocess.Po
     return torchrun(nproc, "-m", "engine.cli.main", "run", *args, probe=probe)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The output of ``proc`` once it ends; a hung launcher is stopped (its workers are in their own sessions)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["pkill", "-9", "-P", str(proc.pid)], check=False)  # its workers, by parent pid
+        proc.kill()
+        raise
     return out
 
 

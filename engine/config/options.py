@@ -459,7 +459,7 @@ def check_distributed(cfg: Config, selector) -> None:
     if ranks == 1:
         return
     where = f"with {ranks} processes (torchrun / accelerate launch)"
-    if hasattr(selector, "select_batch") or hasattr(selector, "grad_filter"):
+    if hasattr(selector, "grad_filter"):  # a batch selector (select_batch) sees this rank's share: that works
         raise ConfigError(f"selector {cfg.ttrl.selector!r} is not supported {where}: the influence selector filters "
                           "per-row gradients before the optimizer step, and doing that before DDP's gradient "
                           "all-reduce is not built; run it in one process, or choose first_k / max_variance")
