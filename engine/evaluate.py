@@ -6,6 +6,10 @@
   pseudo-label TTRL trains on, which the adapted model's avg@k is claimed to beat (§4).
 - ``accuracy/pass@k``: the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021).
 Tasks without a label are skipped (and counted in ``eval/labeled``).
+
+Under ``torchrun`` each rank samples and grades its own contiguous share of the tasks; the per-task
+grades are all-gathered (``engine.distributed``) before averaging, so every rank reports the numbers
+one process would have computed from the same samples, at 1/N of the sampling time.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 
+from engine import distributed
 from engine.types import RolloutGroup, SamplingParams, Task
 from rewards import extract_answer, is_correct, majority_vote
 
@@ -50,23 +55,23 @@ def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, gree
     if not labeled:
         return metrics
     start = time.perf_counter()
+    mine = distributed.shard(labeled)  # every task in one process; this rank's share under torchrun
+    grades: list[dict[str, float]] = [{} for _ in mine]
     if greedy:
         greedy_params = SamplingParams(n=1, max_new_tokens=params.max_new_tokens, greedy=True, stop=params.stop)
-        groups = sampler.generate(labeled, greedy_params, desc="eval greedy")
-        metrics["accuracy/greedy"] = _mean([grade(g, g.task.label, answer_type)[0] for g in groups])
+        for row, g in zip(grades, sampler.generate(mine, greedy_params, desc="eval greedy")):
+            row["greedy"] = float(grade(g, g.task.label, answer_type)[0])
     sample_params = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                                    max_new_tokens=params.max_new_tokens, stop=params.stop)
-    groups = sampler.generate(labeled, sample_params, desc=f"eval @{k}")
-    avg, maj, pas = [], [], []
-    for g in groups:
+    for row, g in zip(grades, sampler.generate(mine, sample_params, desc=f"eval @{k}")):
         correct = grade(g, g.task.label, answer_type)
-        avg.append(sum(correct) / len(correct))
+        row[f"avg@{k}"] = sum(correct) / len(correct)
         majority_vote(g, answer_type=answer_type)  # sets g.label: the pseudo-label TTRL would train on
-        maj.append(is_correct(g.label, g.task.label, answer_type))
-        pas.append(pass_at_k(len(correct), sum(correct), k))
-    metrics[f"accuracy/avg@{k}"] = _mean(avg)
-    metrics[f"accuracy/maj@{k}"] = _mean(maj)
-    metrics[f"accuracy/pass@{k}"] = _mean(pas)
+        row[f"maj@{k}"] = float(is_correct(g.label, g.task.label, answer_type))
+        row[f"pass@{k}"] = pass_at_k(len(correct), sum(correct), k)
+    grades = distributed.gather_lists(grades)
+    for name in (["greedy"] if greedy else []) + [f"avg@{k}", f"maj@{k}", f"pass@{k}"]:
+        metrics[f"accuracy/{name}"] = _mean([row[name] for row in grades])
     metrics["eval/time_s"] = time.perf_counter() - start
     return metrics
 

@@ -10,6 +10,14 @@ This module never imports vllm or trl: it is handed a ``sampler`` (``engine.type
 ``policy`` (``engine.update.GRPOPolicy``), so every backend runs the same loop. What a run writes
 (metrics rows, checkpoints and resume, Ctrl-C, summary and report) is kept by
 ``engine.rundir.record.RunRecord``, so ``run`` reads as the algorithm.
+
+Under ``torchrun --nproc_per_node N`` every rank runs this same loop, consistent by construction: every
+rank walks the same prompt stream (one seed), takes the same global prompts each sampling round,
+samples and scores its contiguous share of them (a group never spans ranks), and all-gathers the
+scored groups (``engine.distributed``), so the filters, GRESO's history, refill decisions and telemetry
+see the identical global list on every rank. The kept groups are cut to a multiple of N x the
+accumulation unit and each rank trains on its own equal contiguous share through accelerate's DDP,
+so every rank takes the same optimizer steps (none when nothing was kept).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from engine import distributed
 from engine.config.options import Config
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
@@ -40,6 +49,8 @@ class RewardError(RuntimeError):
 def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=tqdm.write) -> dict:
     """Adapt ``policy`` to ``tasks``; write metrics, summary, report and adapter under ``out_dir``."""
     g, t = cfg.grpo, cfg.ttrl
+    if not distributed.is_main():  # one log: rank 0's
+        log = quiet
     score = partial(apply_reward, build_reward(t.reward, answer_type=t.answer_type), t.reward)
     select = resolve(t.selector, SELECTORS, "selectors")
     labels = {task.id: task.label for task in tasks}             # evaluation and telemetry only
@@ -53,7 +64,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     if not record.resume(sampler):  # a checkpoint in out_dir: continue after its step, as if never stopped
         record.begin(before=accuracy(cfg, sampler, tasks, record, "before"))
     bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
-               disable=not t.progress)
+               disable=not t.progress or not distributed.is_main())
     try:
         while not stream.exhausted and not policy.finished:  # finished: --max_steps optimizer steps taken
             episodes_finished = stream.episodes_finished
@@ -68,15 +79,17 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             for stage in stages:
                 if hasattr(stage.fn, "skip"):  # GRESO adapts its skip probability once per step
                     row.update(stage.fn.end_step())
-            # TRL splits the batch into gradient_accumulation_steps equal parts: train on whole groups that fit.
+            # TRL splits each rank's batch into gradient_accumulation_steps equal parts: train on whole groups
+            # that fit, the same number on every rank.
             kept, group_counts = fit_to_accumulation(sampled, kept, g.gradient_accumulation_steps, t.n_train,
-                                                     iteration=row["iteration"], log=log)
+                                                     iteration=row["iteration"], log=log,
+                                                     ranks=distributed.world_size())
             row.update(group_counts)
             if kept:
                 record.step += 1
                 row["step"] = record.step
                 # 3-4. Select n_train rollouts per group; GRPO update, KL-anchored to the base model.
-                row.update(update(policy, sampler, select, kept, t.n_train))
+                row.update(update(policy, sampler, select, distributed.shard(kept), t.n_train))
             else:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
             record.account(row, episode=stream.episode - 1)
@@ -98,7 +111,9 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
     Each round takes fresh prompts from ``stream``, samples ``params.n`` (n_votes) rollouts for each and
     scores them (``score``: the majority-vote pseudo-reward); the filters then drop groups, and the next
     round replaces them (DAPO dynamic sampling, arXiv 2503.14476), so a dropped group costs sampling but
-    never a backward pass. GRESO skips prompts before sampling them; in monitor mode it only counts what
+    never a backward pass. Under torchrun each rank samples and scores its share of a round's prompts and
+    the scored groups are all-gathered, so what follows sees the same global list on every rank (the
+    reward time then includes waiting for the slowest rank). GRESO skips prompts before sampling them; in monitor mode it only counts what
     it would skip (the expected number, from its skip_probability: no draw, so the run's random stream is
     untouched). Returns every group sampled, the groups kept, and the row's sampling counts.
     """
@@ -119,13 +134,14 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
         if not batch_tasks:
             break
         start = time.perf_counter()
-        groups = sampler.generate(batch_tasks, params, desc=desc)
+        groups = sampler.generate(distributed.shard(batch_tasks), params, desc=desc)  # this rank's share
         counts["time/generate_s"] += time.perf_counter() - start
-        counts["tokens/generated"] += sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
         start = time.perf_counter()
         for grp in groups:
             score(grp)
+        groups = distributed.gather_lists(groups)  # every rank's scored groups, in prompt order
         counts["time/reward_s"] += time.perf_counter() - start
+        counts["tokens/generated"] += sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
         counts["sampling/rounds"] += 1
         sampled += groups
         survivors, filter_counts = apply_filters(stages, groups)
@@ -138,19 +154,21 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
 
 
 def fit_to_accumulation(sampled: list[RolloutGroup], kept: list[RolloutGroup], accumulation: int, n_train: int, *,
-                        iteration: int, log) -> tuple[list[RolloutGroup], dict[str, int]]:
+                        iteration: int, log, ranks: int = 1) -> tuple[list[RolloutGroup], dict[str, int]]:
     """The groups to train on, and the row's group counts; says what was left out.
 
     TRL splits a batch's rows into gradient_accumulation_steps equal parts: train on whole groups whose
-    rows make a multiple (unit groups: GA / gcd(GA, n_train)).
+    rows make a multiple (unit groups: GA / gcd(GA, n_train)). With ``ranks`` data-parallel ranks each
+    rank trains on an equal share, so the groups kept are a multiple of ``ranks`` units.
     """
-    unit = accumulation // math.gcd(accumulation, n_train)
+    unit = ranks * (accumulation // math.gcd(accumulation, n_train))
     survived = len(kept)
     kept = kept[: survived - survived % unit]
     if survived > len(kept):
         log(f"iteration {iteration}: {survived - len(kept)} of the {survived} groups that passed the "
             f"filters left out: gradient_accumulation_steps={accumulation} needs a "
-            f"multiple of {unit} groups of {n_train} rows" + ("; no update" if not kept else ""))
+            f"multiple of {unit} groups of {n_train} rows" + (f" over {ranks} ranks" if ranks > 1 else "")
+            + ("; no update" if not kept else ""))
     if sampled and not survived:
         log(f"iteration {iteration}: every group was filtered out ({len(sampled)} sampled); no update")
     return kept, {"prompts/sampled": len(sampled), "groups/dropped": len(sampled) - len(kept),
@@ -160,15 +178,17 @@ def fit_to_accumulation(sampled: list[RolloutGroup], kept: list[RolloutGroup], a
 def update(policy, sampler, select, groups: list[RolloutGroup], n_train: int) -> dict[str, float]:
     """Steps 3-4: select the ``n_train`` rollouts of each group to train on, then one GRPO update (TRL),
     KL-anchored to the base model. The sampler then holds the updated weights, so the next batch is
-    sampled from the adapted policy. Returns the row's update metrics."""
+    sampled from the adapted policy. Returns the row's update metrics: under torchrun ``groups`` is this
+    rank's share, tokens are summed and TRL's train metrics averaged over the ranks, times are this rank's."""
     row: dict[str, float] = {}
     selections = select_rollouts(select, groups, n_train, policy)
     batch = Batch.from_groups(groups, selections)
     row["tokens/trained"] = sum(len(ids) for ids in batch.completion_ids)
     for key, value in getattr(select, "last_metrics", {}).items():
         row[key] = value
+    row["tokens/trained"] = distributed.sum_across(row["tokens/trained"])  # every rank's share
     start = time.perf_counter()
-    row.update(policy.update(batch, grad_filter=getattr(select, "grad_filter", None)))
+    row.update(distributed.mean_across(policy.update(batch, grad_filter=getattr(select, "grad_filter", None))))
     row.update(sampler.load_weights(policy.model) or {})  # vLLM reports time/weight_sync_s
     row["time/update_s"] = time.perf_counter() - start
     row["update/skipped"] = 0
@@ -186,6 +206,10 @@ def accuracy(cfg: Config, sampler, tasks: list[Task], record: RunRecord, tag: st
     record.compute["time/eval_s"] += time.perf_counter() - start
     record.log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith("accuracy/")))
     return result
+
+
+def quiet(*_args, **_kwargs) -> None:
+    """The log of a rank other than 0: rank 0 says it once."""
 
 
 def step_line(step: int, row: dict, *, trained: int, sampled: int) -> str:

@@ -16,6 +16,14 @@ replaces TRL's own generation, and extra fields reach the reward functions. So o
 Rows reach TRL in group order, ``n_train`` rows per group, which is what its ``num_generations``
 grouping of advantages assumes.
 
+Under torchrun (N ranks) ``accelerator.prepare`` wraps the model in DDP, and each rank's batch is its
+own contiguous share of whole groups, the same number of rows on every rank (``engine.loop``). TRL's
+advantage computation all-gathers the rewards in rank order, normalises per ``num_generations`` rows and
+takes this rank's slice back: with whole groups per rank and equal shares, each group is normalised
+over its own rows only, exactly as in one process. Its loss divides by the global token count / N, and
+DDP averages the gradients over the N ranks, so one optimizer step equals the one-process step on the
+whole batch up to float summation order (``tests/test_distributed.py``).
+
 Why the engine does ``Trainer.train()``'s set-up itself. ``train()`` would own the outer loop (a
 dataloader, epochs, its own callbacks deciding when to stop), and TTRL's outer loop — sample, vote,
 filter, refill, then update — is the engine's. But everything ``train()`` sets up before its loop is
@@ -329,13 +337,14 @@ def trainable_parameters(model) -> dict[str, torch.Tensor]:
 
 
 def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, gradient_accumulation_steps: int = 1,
-                        num_iterations: int = 1, max_steps: int = -1, n_train: int = 1) -> int:
+                        num_iterations: int = 1, max_steps: int = -1, n_train: int = 1, ranks: int = 1) -> int:
     """Optimizer steps a run takes when no group is filtered out: the length of its learning-rate schedule.
 
     The prompt stream crosses episode boundaries (``engine.loop.PromptStream``), so the run sees
     ``episodes * n_tasks`` prompts in updates of ``prompts_per_step``; a short last update keeps the groups
     whose ``n_train`` rows split evenly over ``gradient_accumulation_steps`` (none if too few are left); each update takes
-    ``num_iterations`` optimizer steps (GRPO's mu); ``max_steps`` (> 0) caps the total. Filters that drop
+    ``num_iterations`` optimizer steps (GRPO's mu); ``max_steps`` (> 0) caps the total. Under torchrun
+    (``ranks`` > 1) the short last update keeps a multiple of ``ranks`` such units, one share per rank. Filters that drop
     groups refill them from the stream, which can only end the run in fewer steps than this.
 
     >>> optimizer_steps_for(episodes=2, n_tasks=30, prompts_per_step=8)    # 60 prompts: 7 full + 4 left
@@ -349,7 +358,7 @@ def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, grad
     """
     prompts = episodes * n_tasks
     last = prompts % prompts_per_step
-    unit = gradient_accumulation_steps // math.gcd(gradient_accumulation_steps, n_train)  # groups whose rows split evenly
+    unit = ranks * (gradient_accumulation_steps // math.gcd(gradient_accumulation_steps, n_train))  # rows split evenly
     updates = prompts // prompts_per_step + (1 if last - last % unit > 0 else 0)
     steps = updates * num_iterations
     return min(steps, max_steps) if max_steps > 0 else steps

@@ -17,3 +17,31 @@ def nan_reward(group):
 
 def short_reward(group):
     return [1.0]
+
+
+class ParamHashSelector:
+    """first_k, recording on its way a hash of the policy's trainable weights (tests/test_distributed.py).
+
+    ``select_batch`` is handed the policy at every step before its update, so the hash it records at
+    step s is of the weights after step s - 1. Each rank appends ``{"rank", "pid", "step", "hash"}``
+    lines to ``$TTRL_TEST_PROBE_DIR/rank<r>.jsonl``, outside the run directory."""
+
+    def __call__(self, group, k):
+        return list(range(k))
+
+    def select_batch(self, groups, k, policy):
+        import hashlib
+        import json
+        import os
+
+        digest = hashlib.sha256()
+        for name, param in sorted(policy.model.named_parameters()):
+            if param.requires_grad:
+                digest.update(name.encode())
+                digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        rank = int(os.environ.get("RANK", "0"))
+        line = {"rank": rank, "pid": os.getpid(), "step": policy.optimizer_steps, "groups": len(groups),
+                "hash": digest.hexdigest()}
+        with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return [list(range(k)) for _ in groups]

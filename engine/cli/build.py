@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from engine import distributed
 from engine.config.options import Config
 from engine.data.models import load_tokenizer
 
@@ -70,7 +71,7 @@ def build(cfg: Config):
                           target_modules=targets if targets == "all-linear" else targets.split(","),
                           task_type="CAUSAL_LM")
     total = optimizer_steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step, g.gradient_accumulation_steps,
-                                g.num_iterations, g.max_steps, cfg.ttrl.n_train)
+                                g.num_iterations, g.max_steps, cfg.ttrl.n_train, ranks=distributed.world_size())
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,
                         sampler_is_separate_engine=cfg.ttrl.sampler == "vllm")
     if cfg.ttrl.rollout_workers > 1:  # samplers as Ray actors, prompts sharded across them

@@ -2,6 +2,12 @@
 
 Errors a user can fix (a bad option, an unreadable data file, a reward that fails) print one paragraph
 and exit with status 2; ``--debug`` shows the traceback as well.
+
+``ttrl run`` under ``torchrun --nproc_per_node N -m engine.cli.main run ...`` (or ``accelerate launch``)
+runs as N ranks (``engine.distributed``): rank 0 alone checks and owns the run directory (its lock,
+``config.yaml``), the others wait for it at a barrier and never write there. Every rank seeds with
+``--seed`` before the model is built (identical initial weights); then rank r reseeds with seed + r, so
+the ranks' samplers draw different random streams (one process keeps the single seed, as before).
 """
 
 from __future__ import annotations
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
+    import contextlib
+
+    from engine import distributed
     from engine.rundir import lock
     from engine.errors import ConfigError
     from engine.config.options import check_output_dir, parse_config, saved_options, split_options
@@ -110,12 +119,16 @@ def cmd_run(argv: list[str]) -> int:
     else:
         cfg = parse_config(argv)
     out_dir = Path(cfg.grpo.output_dir)
+    distributed.init(cpu=cfg.grpo.use_cpu)  # torchrun: the process group, through accelerate, before any wait
     if (out_dir / "summary.json").exists():
-        print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "
-              "Choose another --output_dir to run again.")
+        if distributed.is_main():
+            print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "
+                  "Choose another --output_dir to run again.")
         return 0
-    check_output_dir(out_dir)  # before any model loads
-    with lock.acquire(out_dir):  # held until the run ends; a second run into out_dir is refused
+    if distributed.is_main():
+        check_output_dir(out_dir)  # before any model loads
+    # Rank 0 owns the run directory until the run ends; a second run into out_dir is refused.
+    with lock.acquire(out_dir) if distributed.is_main() else contextlib.nullcontext():
         return run_in(cfg, out_dir, resume)
 
 
@@ -123,6 +136,7 @@ def run_in(cfg, out_dir: Path, resume: str | None) -> int:
     """``ttrl run`` in a run directory this process owns."""
     import yaml
 
+    from engine import distributed
     from engine.rundir import checkpoint
     from engine.cli.build import build
     from engine.errors import ConfigError
@@ -131,21 +145,32 @@ def run_in(cfg, out_dir: Path, resume: str | None) -> int:
     from engine.rundir.report import before_after_table
 
     saved = out_dir / "config.yaml"
-    if checkpoint.find(out_dir) is not None and saved.exists():
-        # Re-running into a run directory continues it, but only with the options it was started with.
-        changed = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
-        if changed:
-            raise ConfigError(f"{out_dir} holds a checkpoint of a run with different options ({', '.join(changed)}); "
-                              f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
-    elif resume is not None:
-        print(f"ttrl run: no checkpoint in {out_dir} yet; starting the run from its beginning")
-    saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    if distributed.is_main():  # the others wait below, and never write into out_dir
+        found = checkpoint.find(out_dir)
+        if found is not None and saved.exists():
+            # Re-running into a run directory continues it, but only with the options it was started with.
+            changed = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
+            if changed:
+                raise ConfigError(f"{out_dir} holds a checkpoint of a run with different options ({', '.join(changed)}); "
+                                  f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
+        elif resume is not None:
+            print(f"ttrl run: no checkpoint in {out_dir} yet; starting the run from its beginning")
+        if found is not None:
+            checkpoint.check_world_size(found, distributed.world_size())  # before any model loads
+        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    distributed.barrier()
     from transformers import set_seed
 
     set_seed(cfg.grpo.seed)
     start = time.perf_counter()
     _, tasks, policy, sampler = build(cfg)
-    print(f"ttrl run: {len(tasks)} tasks, model {cfg.model.model}, output {out_dir} (setup {time.perf_counter() - start:.1f} s)")
+    if distributed.launched():  # the same initial weights everywhere, then a random stream of each rank's own
+        set_seed(cfg.grpo.seed + distributed.rank())
+    if not distributed.is_main():
+        run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=out_dir)
+        return 0
+    print(f"ttrl run: {len(tasks)} tasks, model {cfg.model.model}, output {out_dir} (setup {time.perf_counter() - start:.1f} s)"
+          + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
     summary = run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=out_dir)
     print()
     print(before_after_table(summary["before"], summary["after"]))

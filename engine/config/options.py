@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from engine import distributed
 from engine.data.yaml_file import read_mapping
 from engine.errors import ConfigError
 from engine.registry import spec_search_path
@@ -66,7 +67,7 @@ class DataArgs:
 class TTRLArgs:
     n_votes: int = _f(64, "Rollouts sampled per prompt; all of them vote for the pseudo-label (TTRL: 64).")
     n_train: int = _f(32, "Rollouts per prompt the update trains on, chosen by the selector (TTRL: 32). Sets GRPOConfig.num_generations.")
-    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500).")
+    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500). Under torchrun it is the global number, split evenly across the ranks (each samples and trains on prompts_per_step / N); gradient_accumulation_steps stays per rank, as in transformers' Trainer.")
     episodes: int = _f(1, "Passes over the test prompts (TTRL: 80 for AIME, 30 for AMC, 10 for MATH-500).")
     reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function' (a YAML list of {name, weight, ...} combines several).")
     answer_type: str = _f("math", "How answers are extracted and compared: math, number, choice, or 'module:function' (a custom extractor).")
@@ -263,9 +264,11 @@ def saved_options(run_dir: str | Path) -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the options (``Config.to_dict`` form) whose values differ, bar ``RESUMABLE_CHANGES``."""
+    """Names of the options (``Config.to_dict`` form) whose values differ, bar ``RESUMABLE_CHANGES`` and the
+    fields the engine derives (they follow from the rest, and the world size, which the checkpoint checks)."""
     a, b = _flat_options(saved), _flat_options(current)
-    return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    return sorted(k for k in set(a) | set(b)
+              if k not in RESUMABLE_CHANGES and k not in _DERIVED and a.get(k) != b.get(k))
 
 
 def _flat_options(d: dict[str, Any]) -> dict[str, Any]:
@@ -324,10 +327,18 @@ def _derive(ns) -> list[str]:
             raise ConfigError(f"{name} must be >= 1, got {getattr(ns, name)}")
     if ns.n_train > ns.n_votes:
         raise ConfigError(f"n_train ({ns.n_train}) must be <= n_votes ({ns.n_votes}): training rollouts are chosen from the voting ones")
-    rows = ns.n_train * ns.prompts_per_step
+    ranks = distributed.world_size()  # torchrun / accelerate launch: prompts_per_step is split across the ranks
+    if ns.prompts_per_step % ranks:
+        raise ConfigError(f"prompts_per_step ({ns.prompts_per_step}) must be a multiple of the number of processes "
+                          f"({ranks}): each rank samples and trains on an equal share of a step's prompts")
+    rows = ns.n_train * ns.prompts_per_step // ranks  # one rank's rows per step
     accum = ns.gradient_accumulation_steps
     if accum < 1:
         raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {accum}")
+    if rows % accum and ranks > 1:
+        raise ConfigError(f"gradient_accumulation_steps ({accum}, per rank) must divide each rank's rows per step: "
+                          f"n_train x prompts_per_step / processes = {ns.n_train} x {ns.prompts_per_step} / {ranks} "
+                          f"= {rows}")
     if rows % accum:  # TRL splits a batch's rows into accum equal micro-batches (advantages use whole groups first)
         raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide n_train x prompts_per_step ({rows})")
     ns.num_generations = ns.n_train
@@ -435,10 +446,34 @@ def validate(cfg: Config) -> None:
                           "each layer's input in the forward pass, which checkpointing re-runs during backward; "
                           "set --gradient_checkpointing false (or choose another selector)")
     check_trackers(g.report_to)
+    check_distributed(cfg, selector)
     try:
         build_filters(cfg.ttrl.filters, FILTERS)  # thrown away: the loop builds its own, with fresh state
     except SpecError as err:
         raise ConfigError(f"filters: {err}") from None
+
+
+def check_distributed(cfg: Config, selector) -> None:
+    """Under torchrun / accelerate launch (more than one process), refuse what does not work multi-rank yet."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return
+    where = f"with {ranks} processes (torchrun / accelerate launch)"
+    if hasattr(selector, "grad_filter"):  # a batch selector (select_batch) sees this rank's share: that works
+        raise ConfigError(f"selector {cfg.ttrl.selector!r} is not supported {where}: the influence selector filters "
+                          "per-row gradients before the optimizer step, and doing that before DDP's gradient "
+                          "all-reduce is not built; run it in one process, or choose first_k / max_variance")
+    if cfg.ttrl.rollout_workers > 1:
+        raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
+                          "samples its own share of the prompts; use one or the other")
+    if cfg.ttrl.sampler == "vllm":
+        raise ConfigError(f"sampler vllm is not supported {where} yet (one vLLM engine per rank is not built or "
+                          "tested); use --sampler hf, or one process")
+    for kind in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true", "yes"):
+            raise ConfigError(f"accelerate launch with {kind} is not supported yet: the engine's update, checkpoints "
+                              "and samplers read the whole model on every rank, so only data-parallel (DDP, "
+                              "accelerate's MULTI_CPU / MULTI_GPU) runs; launch with torchrun or a DDP accelerate config")
 
 
 def check_trackers(report_to) -> None:

@@ -18,7 +18,8 @@ _EVAL = "evaluation is the engine's own: --eval_every, --eval_k, --eval_greedy"
 _LOGS = "the engine logs one metrics row per step (metrics.jsonl, and --report_to trackers)"
 _DATA = "there is no dataloader: the engine hands TRL its batches directly"
 _HUB = "the engine saves the adapter or weights to the run directory; push that folder yourself"
-_DISTRIBUTED = "one process per run: data-parallel training (DDP/FSDP/DeepSpeed) is not supported yet"
+_DISTRIBUTED = ("the engine is data-parallel through accelerate itself: launch `ttrl run` with torchrun --nproc_per_node N "
+                "or accelerate launch (DDP); FSDP and DeepSpeed ZeRO through accelerate configs are not supported yet")
 _DERIVED = "set by the engine from n_train, prompts_per_step and gradient_accumulation_steps"
 
 REFUSED: dict[str, str] = {

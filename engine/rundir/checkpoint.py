@@ -24,6 +24,12 @@ Resuming restores the RNG states, so with the transformers sampler on CPU a resu
 same random draws as one never interrupted and writes identical metrics (``tests/test_checkpoint.py``
 checks this with a SIGKILL mid-run). The vLLM sampler's engine RNG lives in its own process and is not
 captured: a resumed vLLM run continues correctly but samples different rollouts from that point on.
+
+A run of N ranks (torchrun) is checkpointed by rank 0 alone: the policy state is the same on every rank
+(DDP keeps the replicas equal), the loop state is the same by construction (``engine.loop``), and every
+rank's RNG states, gathered, go in beside ``world_size``. Each rank restores its own on resume; resuming
+on another number of ranks is refused (``CheckpointError`` naming both sizes): the ranks' sampling
+streams cannot be split or merged.
 """
 
 from __future__ import annotations
@@ -51,8 +57,17 @@ class CheckpointError(ConfigError):
     """A checkpoint this version will not load; the message says why and what to do."""
 
 
-def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict) -> dict[str, float]:
-    """Write the checkpoint for the step just finished; returns ``checkpoint/seconds`` and ``checkpoint/mb``."""
+def rng_states(rng: random.Random) -> dict:
+    """Every RNG this process draws from: the loop's ``random.Random``, Python's, NumPy's, torch's CPU and CUDA."""
+    return {"loop": rng.getstate(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict, other_ranks: list[dict] | tuple = ()) -> dict[str, float]:
+    """Write the checkpoint for the step just finished; returns ``checkpoint/seconds`` and ``checkpoint/mb``.
+
+    ``other_ranks``: the ``rng_states`` of ranks 1 .. N-1 of a distributed run, in rank order (this is rank 0)."""
     start = time.perf_counter()
     final, old = out_dir / NAME, out_dir / f"{NAME}.old"
     for stale in out_dir.glob(f".{NAME}.tmp-*"):  # left by a save that was killed
@@ -61,9 +76,9 @@ def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict) -> dict
     tmp.mkdir(parents=True)
     state = {
         "policy": policy.state_dict(),
-        "rng": {"loop": rng.getstate(), "python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": rng_states(rng),
+        "world_size": 1 + len(other_ranks),
+        "rng_other_ranks": list(other_ranks),
     }
     tree, tensors = tensor_tree.split(state)
     save_file(tensors, tmp / "state.safetensors")
@@ -98,12 +113,13 @@ def find(out_dir: Path) -> Path | None:
     return None
 
 
-def load(path: Path, *, policy, rng: random.Random) -> dict:
-    """Restore the policy (``policy.load_state_dict``) and every RNG from ``path``; returns the loop state."""
+def load(path: Path, *, policy, rng: random.Random, rank: int = 0, world_size: int = 1) -> dict:
+    """Restore the policy (``policy.load_state_dict``) and this rank's RNGs from ``path``; returns the loop state."""
+    check_world_size(path, world_size)
     tensors = load_file(path / "state.safetensors")
     state = tensor_tree.join(json.loads((path / "state.json").read_text(encoding="utf-8")), tensors)
     policy.load_state_dict(state["policy"])
-    rngs = state["rng"]
+    rngs = state["rng"] if rank == 0 else state["rng_other_ranks"][rank - 1]
     rng.setstate(rngs["loop"])
     random.setstate(rngs["python"])
     np.random.set_state(rngs["numpy"])
@@ -111,6 +127,18 @@ def load(path: Path, *, policy, rng: random.Random) -> dict:
     if rngs["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rngs["cuda"])
     return json.loads((path / "loop.json").read_text(encoding="utf-8"))
+
+
+def check_world_size(path: Path, world_size: int) -> None:
+    """``CheckpointError`` naming both sizes unless the checkpoint at ``path`` was written by a run of
+    ``world_size`` processes (a checkpoint from before distributed runs counts as one)."""
+    saved = json.loads((path / "state.json").read_text(encoding="utf-8")).get("world_size", 1)
+    if saved != world_size:
+        raise CheckpointError(
+            f"{path} was written by a run of {saved} process(es) (world size {saved}), and this run has world size "
+            f"{world_size}. A run resumes only on the world size it was started with (the checkpoint holds each "
+            f"rank's random streams): launch it with {saved} process(es)"
+            + (f" (torchrun --nproc_per_node {saved} -m engine.cli.main run ...)" if saved > 1 else " (plain ttrl run)"))
 
 
 def write_synced(path: Path, data: bytes) -> None:

@@ -15,6 +15,11 @@ everything a run leaves behind goes through its ``RunRecord``:
 - Ctrl-C: the first finishes the step in flight, checkpoints, then stops; a second stops at once;
 - the end: the after-evaluation, ``summary.json``, ``report.md`` and the adapter.
 
+Under torchrun every rank keeps the same record (the loop makes every row's numbers identical on every
+rank), but rank 0 alone writes: ``metrics.jsonl``, the trackers, checkpoints (into which the other ranks'
+RNG states are gathered), ``summary.json`` and the report. Ctrl-C seen by any rank stops every rank
+after the same step (the flag is all-reduced at each commit).
+
 The policy, sampler, prompt stream and filter stages are taken as they come (duck-typed: ``state_dict``
 and ``load_state_dict``), so this module imports nothing above the run directory.
 """
@@ -28,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+from engine import distributed
 from engine.rundir import checkpoint, report
 from engine.rundir.metrics import cumulative, rss_mb, summarize_telemetry, truncate_jsonl
 
@@ -43,6 +49,7 @@ class RunRecord:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir, self.policy, self.rng, self.stream, self.filters = out_dir, policy, rng, stream, filters
         self.save_every, self.log = save_every, log
+        self.writes = distributed.is_main()  # rank 0 alone writes the run directory
         self.compute = {"tokens/generated": 0, "tokens/trained": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
                         "time/update_s": 0.0, "time/eval_s": 0.0}
         self.saves = {"count": 0, "seconds": 0.0, "mb": 0.0}
@@ -60,7 +67,8 @@ class RunRecord:
         found = checkpoint.find(self.out_dir)
         if found is None:
             return False
-        state = checkpoint.load(found, policy=self.policy, rng=self.rng)
+        state = checkpoint.load(found, policy=self.policy, rng=self.rng, rank=distributed.rank(),
+                                world_size=distributed.world_size())
         self.before, self.history, self.step = state["before"], state["history"], state["step"]
         self.compute.update(state["compute"])
         self.saves.update(state["saves"])
@@ -82,10 +90,11 @@ class RunRecord:
         self._open()
 
     def _open(self) -> None:
-        """Open ``metrics.jsonl`` for appending, cut back to the rows ``history`` holds; catch Ctrl-C."""
-        path = self.out_dir / "metrics.jsonl"
-        truncate_jsonl(path, len(self.history) - 1)
-        self.metrics_file = path.open("a", encoding="utf-8")
+        """Open ``metrics.jsonl`` for appending, cut back to the rows ``history`` holds (rank 0); catch Ctrl-C."""
+        if self.writes:
+            path = self.out_dir / "metrics.jsonl"
+            truncate_jsonl(path, len(self.history) - 1)
+            self.metrics_file = path.open("a", encoding="utf-8")
         if threading.current_thread() is threading.main_thread():
             self.previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -97,7 +106,8 @@ class RunRecord:
 
     def close(self) -> None:
         """Close ``metrics.jsonl`` and give Ctrl-C back to the handler it had."""
-        self.metrics_file.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()
         if self.previous_handler is not None:
             signal.signal(signal.SIGINT, self.previous_handler)
 
@@ -118,9 +128,12 @@ class RunRecord:
         """Write the row (``metrics.jsonl``, the trackers); checkpoint at an episode's end, every
         ``save_every`` optimizer steps and on Ctrl-C, which then stops the run."""
         self.history.append(row)
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
-        self.policy.log(row)  # the --report_to trackers (TensorBoard, W&B, ...)
+        if self.writes:
+            self.metrics_file.write(json.dumps(row) + "\n")
+            self.metrics_file.flush()
+            self.policy.log(row)  # the --report_to trackers (TensorBoard, W&B, ...)
+        if distributed.any_rank(self.interrupted.is_set()):  # every rank stops after the same step
+            self.interrupted.set()
         if (self.interrupted.is_set() or episode_ended
                 or (trained and self.save_every and self.step % self.save_every == 0)):
             self.save_checkpoint()
@@ -129,24 +142,33 @@ class RunRecord:
                                     f"`ttrl run --resume {self.out_dir}`")
 
     def save_checkpoint(self) -> None:
+        """Every rank gives its RNG states; rank 0 writes the checkpoint while the others wait for it."""
+        rngs = distributed.all_gather(checkpoint.rng_states(self.rng))
+        if not self.writes:
+            distributed.barrier()
+            return
         loop_state = {"before": self.before, "history": self.history, "step": self.step, "compute": self.compute,
                       "saves": self.saves, "stream": self.stream.state_dict(),
                       "elapsed_s": time.perf_counter() - self.start,
                       "filters": {s.name: s.fn.state_dict() for s in self.filters if hasattr(s.fn, "state_dict")}}
-        cost = checkpoint.save(self.out_dir, policy=self.policy, rng=self.rng, loop_state=loop_state)
+        cost = checkpoint.save(self.out_dir, policy=self.policy, rng=self.rng, loop_state=loop_state,
+                               other_ranks=rngs[1:])
+        distributed.barrier()
         self.saves.update(count=self.saves["count"] + 1, seconds=self.saves["seconds"] + cost["checkpoint/seconds"],
                           mb=cost["checkpoint/mb"])
 
     def finish(self, after: dict[str, float], *, config: dict) -> dict:
         """Close the run: the after row, the trackers, the adapter, ``summary.json`` and the report."""
         self.history.append({"step": self.step, **after})
-        self.policy.log({f"after/{k}": v for k, v in after.items()})
+        if self.writes:
+            self.policy.log({f"after/{k}": v for k, v in after.items()})
         self.policy.close()
         self.compute["time/total_s"] = time.perf_counter() - self.start
         self.compute["steps"] = self.step
-        self.policy.save(self.out_dir / "adapter")
+        self.policy.save(self.out_dir / "adapter")  # every rank calls it; TRL's Trainer writes on rank 0 only
         summary = {"before": self.before, "after": after, "compute": self.compute,
                    "telemetry": summarize_telemetry(self.history), "checkpoints": self.saves, "config": config}
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-        report.write_report(self.out_dir, summary, self.history)
+        if self.writes:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+            report.write_report(self.out_dir, summary, self.history)
         return summary

@@ -1,0 +1,110 @@
+"""The process group a run may be one rank of: rank, world size and the few collectives the loop needs.
+
+``ttrl run`` launched by ``torchrun --nproc_per_node N`` (or ``accelerate launch``) runs as N processes.
+accelerate's ``PartialState`` — built by TRL's trainer, or earlier by ``init`` — initialises the
+``torch.distributed`` process group from the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR ...;
+gloo on CPU, NCCL on CUDA), and the update is data-parallel through accelerate (DDP). This module holds
+only the facts and collectives the engine's own loop adds on top: who am I, how many are we, and
+all-gathers of small Python objects (scored rollout groups, per-task grades, metrics dicts, RNG states).
+
+In one process — no launcher, or a world of one — every function is a no-op that returns what a world
+of one would, so the one-process path calls no collective and changes in nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+
+def active() -> bool:
+    """True when this process is one rank of an initialised process group of more than one."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Ranks in the run: the process group's size, else the launcher's WORLD_SIZE (before the group exists), else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank (0 in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes the run directory and prints the run's log."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Started by a distributed launcher with more than one rank (torchrun, accelerate launch)."""
+    return world_size() > 1
+
+
+def init(cpu: bool) -> None:
+    """Initialise the process group the launcher describes, through accelerate (as TRL's trainer would
+    later), so that the CLI can wait on rank 0 before any model loads. ``cpu``: gloo even where CUDA is."""
+    if launched() and not (dist.is_available() and dist.is_initialized()):
+        from accelerate import PartialState
+
+        PartialState(cpu=cpu)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if active():
+        dist.barrier()
+
+
+def all_gather(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process). Pickled: for small objects only."""
+    if not active():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_lists(items: list) -> list:
+    """The concatenation, in rank order, of every rank's ``items``: a list sharded by ``shard`` made whole."""
+    if not active():
+        return items
+    return [x for part in all_gather(items) for x in part]
+
+
+def shard(items: list, *, of: int | None = None, at: int | None = None) -> list:
+    """This rank's contiguous slice of ``items`` (rank r of W takes ``items[r*n//W : (r+1)*n//W]``): the
+    ranks' slices, concatenated in rank order, are ``items`` again, and their sizes differ by at most one."""
+    size = world_size() if of is None else of
+    here = rank() if at is None else at
+    n = len(items)
+    return items[here * n // size : (here + 1) * n // size]
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on any rank: one decision every rank takes together (Ctrl-C seen by one)."""
+    if not active():
+        return flag
+    return any(all_gather(bool(flag)))
+
+
+def sum_across(value: float) -> float:
+    """The sum of ``value`` over the ranks."""
+    if not active():
+        return value
+    return sum(all_gather(value))
+
+
+def mean_across(metrics: dict[str, float]) -> dict[str, float]:
+    """Each key's mean over the ranks that report it (TRL's per-rank train metrics: loss, kl, ...)."""
+    if not active():
+        return metrics
+    parts = all_gather(metrics)
+    keys = dict.fromkeys(k for part in parts for k in part)
+    return {k: sum(p[k] for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
