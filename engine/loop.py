@@ -39,6 +39,7 @@ from engine.types import RolloutGroup, SamplingParams, Task
 from engine.update import Batch
 from filters import FILTERS, SELECTORS
 from filters.stage import apply_filters, build_filters
+from filters.vote_history import VoteHistory
 from rewards import build_reward, is_correct
 
 
@@ -59,8 +60,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     rng = random.Random(g.seed)
     stages = build_filters(t.filters, FILTERS)
     stream = PromptStream([task.unlabeled() for task in tasks], t.episodes, rng)  # what the training stages see
+    votes = VoteHistory(t.answer_type)  # each prompt's majority answer across visits: flip rate, lock-in
     record = RunRecord(out_dir, policy=policy, rng=rng, stream=stream, filters=stages, save_every=t.save_every,
-                       log=log)
+                       log=log, watchers={"votes": votes})
     if not record.resume(sampler):  # a checkpoint in out_dir: continue after its step, as if never stopped
         record.begin(before=accuracy(cfg, sampler, tasks, record, "before"))
     bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
@@ -76,6 +78,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
+                row.update(votes.observe(sampled, labels))
             for stage in stages:
                 if hasattr(stage.fn, "skip"):  # GRESO adapts its skip probability once per step
                     row.update(stage.fn.end_step())

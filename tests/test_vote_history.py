@@ -45,3 +45,28 @@ def test_state_round_trips():
     restored.load_state_dict(history.state_dict())
     step = [voted("a", ["4", "4", "4"])]
     assert restored.observe(step, {"a": "4"}) == history.observe([voted("a", ["4", "4", "4"])], {"a": "4"})
+
+
+def test_a_run_logs_the_vote_history(tiny_model, tiny_data, tmp_path):
+    """Through the loop: flip rate unmeasured in the first episode, measured in the second; label
+    transitions counted where the tasks have labels; the summary keeps them."""
+    import json
+
+    import torch
+
+    from engine.cli.build import build
+    from engine.config.options import parse_config
+    from engine.loop import run
+
+    out = tmp_path / "run"
+    cfg = parse_config(["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
+                        "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "4", "--episodes", "2",
+                        "--max_completion_length", "4", "--eval_k", "2", "--output_dir", str(out),
+                        "--progress", "false", "--seed", "3"])
+    torch.manual_seed(3)
+    _, tasks, policy, sampler = build(cfg)
+    summary = run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=out, log=lambda s: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and math.isnan(rows[0]["vote/flip_rate"]) and 0.0 <= rows[1]["vote/flip_rate"] <= 1.0
+    assert rows[1]["label/correct_to_wrong"] + rows[1]["label/wrong_to_correct"] <= 4
+    assert summary["telemetry"]["vote/flip_rate"]["mean"] == rows[1]["vote/flip_rate"]

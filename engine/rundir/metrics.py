@@ -48,10 +48,11 @@ def summarize_telemetry(history: list[dict]) -> dict[str, dict[str, float]]:
     about ("rise then fall"); a rising ``label_accuracy`` is the model beating its own early votes.
     """
     keys = ("vote/majority_ratio", "vote/answer_entropy", "vote/distinct_answers", "vote/confident",
-            "label_accuracy", "label_precision", "reward_accuracy", "reward/mean")
+            "label_accuracy", "label_precision", "reward_accuracy", "reward/mean", "vote/flip_rate",
+            "vote/locked_in", "label/correct_to_wrong", "label/wrong_to_correct")
     out = {}
     for key in keys:
-        values = [row[key] for row in history if key in row]
+        values = [row[key] for row in history if key in row and row[key] == row[key]]  # NaN: not measured
         if values:
             out[key] = {"first": values[0], "last": values[-1], "mean": sum(values) / len(values)}
     return out

@@ -45,9 +45,10 @@ class RunRecord:
     """What one run writes under ``out_dir``, and the loop state its checkpoints hold."""
 
     def __init__(self, out_dir: Path, *, policy, rng: random.Random, stream, filters: list, save_every: int,
-                 log):
+                 log, watchers: dict | None = None):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir, self.policy, self.rng, self.stream, self.filters = out_dir, policy, rng, stream, filters
+        self.watchers = watchers or {}  # telemetry with state across steps (the vote history), by name
         self.save_every, self.log = save_every, log
         self.writes = distributed.is_main()  # rank 0 alone writes the run directory
         self.compute = {"tokens/generated": 0, "tokens/trained": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
@@ -76,6 +77,9 @@ class RunRecord:
         for stage in self.filters:
             if hasattr(stage.fn, "load_state_dict"):
                 stage.fn.load_state_dict(state["filters"][stage.name])
+        for name, watcher in self.watchers.items():
+            if name in state.get("watchers", {}):  # checkpoints of earlier versions have none: start afresh
+                watcher.load_state_dict(state["watchers"][name])
         self.start -= state["elapsed_s"]
         sampler.load_weights(self.policy.model)
         self.log(f"resumed from {found} after step {self.step} (episode {self.stream.episode}, "
@@ -150,7 +154,8 @@ class RunRecord:
         loop_state = {"before": self.before, "history": self.history, "step": self.step, "compute": self.compute,
                       "saves": self.saves, "stream": self.stream.state_dict(),
                       "elapsed_s": time.perf_counter() - self.start,
-                      "filters": {s.name: s.fn.state_dict() for s in self.filters if hasattr(s.fn, "state_dict")}}
+                      "filters": {s.name: s.fn.state_dict() for s in self.filters if hasattr(s.fn, "state_dict")},
+                      "watchers": {name: watcher.state_dict() for name, watcher in self.watchers.items()}}
         cost = checkpoint.save(self.out_dir, policy=self.policy, rng=self.rng, loop_state=loop_state,
                                other_ranks=rngs[1:])
         distributed.barrier()
