@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import pytest
 if os.environ.get("TTRL_REQUIRE_RAY") != "1":
     pytest.importorskip("ray.train")
 
-from test_distributed import DEMO, env, finish, probe_lines, ttrl_torchrun, without_times  # noqa: E402
+from test_distributed import DEMO, env, finish, probe_lines, torchrun, without_times  # noqa: E402
 
 from engine import distributed  # noqa: E402
 from engine.config.options import parse_config  # noqa: E402
@@ -40,6 +41,12 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_memory_monitor_refresh_ms": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,9 @@ def test_two_ray_train_workers_keep_identical_weights_and_match_torchrun(ray_tra
     assert "ttrl run: finished on 2 Ray Train workers" in out
 
     torchrun_dir = tmp_path / "torchrun"
-    done = finish(ttrl_torchrun(2, *DEMO, "--output_dir", str(torchrun_dir), probe=tmp_path / "probe"))
+    # A port of our own: with --master_port 0 (test_distributed's default) torch 2.13's ranks wait on port 0.
+    done = finish(torchrun(2, "--master_port", str(free_port()), "-m", "engine.cli.main", "run", *DEMO,
+                           "--output_dir", str(torchrun_dir), probe=tmp_path / "probe"))
     assert (torchrun_dir / "summary.json").exists(), done[-3000:]
     assert without_times(run_dir) == without_times(torchrun_dir), "the same ranks, launched by Ray Train or torchrun"
     assert [x["hash"] for x in probe_lines(tmp_path / "probe", 0)] == [x["hash"] for x in ranks[0]]

@@ -67,7 +67,7 @@ class DataArgs:
 class TTRLArgs:
     n_votes: int = _f(64, "Rollouts sampled per prompt; all of them vote for the pseudo-label (TTRL: 64).")
     n_train: int = _f(32, "Rollouts per prompt the update trains on, chosen by the selector (TTRL: 32). Sets GRPOConfig.num_generations.")
-    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500). Under torchrun it is the global number, split evenly across the ranks (each samples and trains on prompts_per_step / N); gradient_accumulation_steps stays per rank, as in transformers' Trainer.")
+    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500). Under torchrun (or num_workers > 1) it is the global number, split evenly across the ranks (each samples and trains on prompts_per_step / N); gradient_accumulation_steps stays per rank, as in transformers' Trainer.")
     episodes: int = _f(1, "Passes over the test prompts (TTRL: 80 for AIME, 30 for AMC, 10 for MATH-500).")
     reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function' (a YAML list of {name, weight, ...} combines several).")
     answer_type: str = _f("math", "How answers are extracted and compared: math, number, choice, or 'module:function' (a custom extractor).")
