@@ -24,6 +24,7 @@ Ray, not how a run is built.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,10 @@ def fit(worker: Callable[[dict], None], worker_config: dict, *, num_workers: int
 
     from engine.errors import ConfigError
 
+    # Ray Train's print patch sends a worker's print() to its logger and, where Ray redirects stdout (it
+    # does in workers), to the original print as well: rank 0's log lines would reach the driver twice.
+    # Ray Train hands this variable on from the driver to its controller and workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     connect(address)
     cluster = ray.cluster_resources()
     gpus = (1.0 if cluster.get("GPU", 0) >= 1 else 0.0) if gpus_per_worker is None else gpus_per_worker
