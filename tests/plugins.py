@@ -45,3 +45,22 @@ class ParamHashSelector:
         with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
         return [list(range(k)) for _ in groups]
+
+
+class KillOnceSelector(ParamHashSelector):
+    """``ParamHashSelector`` that, on the rank ``$TTRL_TEST_KILL_RANK``, SIGKILLs its own process when about to
+    take optimizer step ``$TTRL_TEST_KILL_STEP`` + 1, once: it first creates the file ``$TTRL_TEST_KILL_MARKER``,
+    and does nothing while that file exists (tests/test_ray_train.py: a worker dying mid-run)."""
+
+    def select_batch(self, groups, k, policy):
+        import os
+        import signal
+
+        out = super().select_batch(groups, k, policy)
+        marker = os.environ["TTRL_TEST_KILL_MARKER"]
+        if (os.environ.get("RANK") == os.environ["TTRL_TEST_KILL_RANK"]
+                and policy.optimizer_steps == int(os.environ["TTRL_TEST_KILL_STEP"]) and not os.path.exists(marker)):
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out

