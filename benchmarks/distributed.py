@@ -1,6 +1,18 @@
-"""Distributed update: what each recipe needs per GPU under DDP, FSDP and ZeRO-3 (from the shapes).
+"""Distributed update: the demo at 1 and 2 ranks (measured), and what each GPU recipe needs per GPU under
+DDP, FSDP and ZeRO-3 (from the shapes).
 
-    python -m benchmarks.distributed
+    python -m benchmarks.distributed                 # both parts (the timing takes ~10 minutes on 2 cores)
+    python -m benchmarks.distributed --part memory   # the table from the shapes only
+
+**Timing.** ``ttrl run`` on the demo (its preset, ``--episodes 1``: 4 steps of 32 prompts) in one process
+and under ``torchrun --nproc_per_node 2`` (DDP through accelerate, gloo), one thread per process, the two
+alternated ``--repeats`` times so both see the same machine. Step time = sampling + scoring + update per
+optimizer step, as the run's own metrics rows record it (rank 0's clock; evaluation excluded). Parallel
+efficiency = T_1 / (2 x T_2). With perfectly parallel work two ranks would take T_1 / 2 per step; the
+rest of T_2, (T_2 - T_1/2) / T_2, is the step's *non-parallel share*: the all-gathers of scored groups,
+DDP's gradient all-reduce, the wait for the slower rank, and work every rank repeats (filters and
+telemetry on the gathered list) — an upper bound on the communication share, which is not timed apart.
+Compared with the Ray fan-out's efficiency for separate jobs (``benchmarks/results/ray.json``).
 
 Per GPU, in GB, for Qwen2.5-Math-1.5B and -7B (the TTRL recipes in ``benchmarks/configs``), full
 fine-tuning and LoRA (r 16 on every linear layer), on 1 / 2 / 4 / 8 GPUs of 80 GB. The terms, each from
@@ -31,6 +43,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks import provenance
@@ -108,15 +126,75 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_run(ranks: int, out: Path, episodes: int) -> dict:
+    """One demo run at ``ranks`` processes, one thread each: its per-step times from metrics.jsonl."""
+    args = ["run", "--episodes", str(episodes), "--progress", "false", "--output_dir", str(out)]
+    launcher = [sys.executable, "-m", "engine.cli.main"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+        "--master_port", str(free_port()), "-m", "engine.cli.main"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{ranks}-rank demo run failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if not r.get("update/skipped")]
+    per = lambda key: sum(r[key] for r in steps) / len(steps)  # noqa: E731
+    summary = json.loads((out / "summary.json").read_text())
+    return {"ranks": ranks, "steps": len(steps), "generate_s": per("time/generate_s"), "reward_s": per("time/reward_s"),
+            "update_s": per("time/update_s"),
+            "step_s": per("time/generate_s") + per("time/reward_s") + per("time/update_s"),
+            "avg_at_16_after": summary["after"].get("accuracy/avg@16"), "load_average": os.getloadavg()[0]}
+
+
+def timing(repeats: int, episodes: int) -> dict:
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for ranks in ((1, 2) if i % 2 == 0 else (2, 1)):  # alternate which goes first
+                runs.append(demo_run(ranks, Path(tmp) / f"r{i}-{ranks}", episodes))
+                print(f"repeat {i}: {ranks} rank(s): {runs[-1]}", flush=True)
+    one = statistics.median(r["step_s"] for r in runs if r["ranks"] == 1)
+    two = statistics.median(r["step_s"] for r in runs if r["ranks"] == 2)
+    ray = json.loads((RESULTS / "ray.json").read_text()) if (RESULTS / "ray.json").exists() else {}
+    return {"runs": runs, "step_s_1_rank": one, "step_s_2_ranks": two, "speedup": one / two,
+            "parallel_efficiency": one / (2 * two), "non_parallel_share": (two - one / 2) / two,
+            "ray_fan_out_efficiency": ray.get("suite", {}).get("efficiency")}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["all", "memory", "timing"], default="all")
+    ap.add_argument("--repeats", type=int, default=2, help="1-rank / 2-rank pairs, alternated")
+    ap.add_argument("--episodes", type=int, default=1, help="demo episodes per run (4 steps each)")
     args = ap.parse_args(argv)
-    record = provenance.collect(__file__, argv)
+    record = provenance.collect(__file__, argv, threads_per_run=1)
     rows = memory_table()
-    result = {"provenance": provenance.finish(record), "memory": rows, "gpu_gb": GPU_GB, "overhead": OVERHEAD}
+    timed = timing(args.repeats, args.episodes) if args.part in ("all", "timing") else None
+    result = {"provenance": provenance.finish(record), "memory": rows, "gpu_gb": GPU_GB, "overhead": OVERHEAD,
+              "timing": timed}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "distributed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    md = ["# Distributed update: memory per GPU", ""] + markdown(rows) + ["", provenance.footer(result["provenance"])]
+    md = ["# Distributed update", ""]
+    if timed:
+        md += ["The demo (its preset, 1 episode = 4 steps of 32 prompts), one thread per process, medians over "
+               f"{args.repeats} alternated pairs; per optimizer step (sampling + scoring + update, rank 0's clock):", "",
+               "| ranks | step s | generate s | update s | avg@16 after |", "|---:|---:|---:|---:|---:|"]
+        for ranks in (1, 2):
+            mine = [r for r in timed["runs"] if r["ranks"] == ranks]
+            med = lambda key: statistics.median(r[key] for r in mine)  # noqa: E731
+            md.append(f"| {ranks} | {med('step_s'):.2f} | {med('generate_s'):.2f} | {med('update_s'):.2f} | "
+                      f"{100 * med('avg_at_16_after'):.1f} |")
+        ray_eff = timed["ray_fan_out_efficiency"]
+        md += ["", f"Speed-up {timed['speedup']:.2f}x, parallel efficiency {timed['parallel_efficiency']:.2f} "
+               f"(Ray fan-out of separate jobs: {ray_eff if ray_eff is None else f'{ray_eff:.2f}'}); non-parallel share of a "
+               f"2-rank step {100 * timed['non_parallel_share']:.0f}% (gathers, all-reduce, waiting, repeated work).", ""]
+    md += ["## Memory per GPU", ""] + markdown(rows) + ["", provenance.footer(result["provenance"])]
     (RESULTS / "distributed.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
     return result
