@@ -204,8 +204,9 @@ def markdown(results: dict) -> str:
     lines += ["", "fp32; tok/s = the best round of each sampler after a warm-up call. Transformers is timed once "
               "alone, then the two alternate round by round in one process (vLLM's start pins threads: "
               "the JSON's torch_threads records threads and allowed CPUs before and after), so both see the same load.",
-              "The transformers sampler keeps full-vocabulary scores for its log-probs (64 x 64 x 49k floats "
-              "on SmolLM2), part of its cost there.", "", provenance.footer(results["provenance"])]
+              "The transformers sampler decodes at most sampler_batch_size sequences at once and reads each chosen "
+              "token's log-prob from the processed distribution step by step (no vocabulary-sized tensor is kept "
+              "per token).", "", provenance.footer(results["provenance"])]
     return "\n".join(lines) + "\n"
 
 
