@@ -245,7 +245,7 @@ def test_entry_point_rewards(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[ttrl_engine.rewards]\nalways_half = fake_plugin_mod:always_half\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert build_reward("always_half")(boxed_group(["1", "2"])) == [0.5, 0.5]
-    with pytest.raises(SpecError, match="soft_vote, always_half, or 'module:function'"):
+    with pytest.raises(SpecError, match="soft_vote, random, constant, always_half, or 'module:function'"):
         build_reward("nope")
 
 
