@@ -36,7 +36,7 @@ from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
 from engine.rundir.record import RunRecord
 from engine.types import RolloutGroup, SamplingParams, Task
-from engine.update import Batch
+from engine.update import Batch, accumulation_unit
 from filters import FILTERS, SELECTORS
 from filters.stage import apply_filters, build_filters
 from filters.vote_history import VoteHistory
@@ -164,7 +164,7 @@ def fit_to_accumulation(sampled: list[RolloutGroup], kept: list[RolloutGroup], a
     rows make a multiple (unit groups: GA / gcd(GA, n_train)). With ``ranks`` data-parallel ranks each
     rank trains on an equal share, so the groups kept are a multiple of ``ranks`` units.
     """
-    unit = ranks * (accumulation // math.gcd(accumulation, n_train))
+    unit = accumulation_unit(accumulation, n_train, ranks)
     survived = len(kept)
     kept = kept[: survived - survived % unit]
     if survived > len(kept):

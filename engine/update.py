@@ -336,6 +336,16 @@ def trainable_parameters(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def accumulation_unit(gradient_accumulation_steps: int, n_train: int, ranks: int = 1) -> int:
+    """Fewest groups an update can take: TRL splits each rank's rows into ``gradient_accumulation_steps``
+    equal micro-batches (GA / gcd(GA, n_train) groups of ``n_train`` rows), and every rank takes an equal share.
+
+    >>> accumulation_unit(32, 32), accumulation_unit(8, 2), accumulation_unit(8, 2, ranks=2)
+    (1, 4, 8)
+    """
+    return ranks * (gradient_accumulation_steps // math.gcd(gradient_accumulation_steps, n_train))
+
+
 def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, gradient_accumulation_steps: int = 1,
                         num_iterations: int = 1, max_steps: int = -1, n_train: int = 1, ranks: int = 1) -> int:
     """Optimizer steps a run takes when no group is filtered out: the length of its learning-rate schedule.
@@ -358,7 +368,7 @@ def optimizer_steps_for(episodes: int, n_tasks: int, prompts_per_step: int, grad
     """
     prompts = episodes * n_tasks
     last = prompts % prompts_per_step
-    unit = ranks * (gradient_accumulation_steps // math.gcd(gradient_accumulation_steps, n_train))  # rows split evenly
+    unit = accumulation_unit(gradient_accumulation_steps, n_train, ranks)
     updates = prompts // prompts_per_step + (1 if last - last % unit > 0 else 0)
     steps = updates * num_iterations
     return min(steps, max_steps) if max_steps > 0 else steps
