@@ -221,8 +221,9 @@ class GRPOPolicy:
     def update(self, batch: Batch, grad_filter=None) -> dict[str, float]:
         """One optimizer step (or ``num_iterations`` of them, GRPO's μ) on ``batch``; TRL's metrics back.
 
-        ``grad_filter`` (the influence selector's update stage) sees every micro-batch's per-row gradients
-        after its backward and may take rows out of ``.grad`` before the optimizer steps."""
+        ``grad_filter`` (the influence selector's update stage) gets every optimizer step's per-row gradients,
+        all its micro-batches together, after the last backward, and may take rows out of ``.grad`` before
+        the optimizer steps."""
         args, trainer = self.args, self.trainer
         # Fewer groups than configured is fine (filters may leave a short batch at the end of a run); TRL
         # computes advantages over whole groups, then splits the rows evenly over the accumulation steps.
@@ -235,6 +236,7 @@ class GRPOPolicy:
         self._pending = batch
         rows = [{"prompt": str(i)} for i in range(len(batch))]
         losses, steps = [], 0
+        recorded: list[tuple] = []  # (per-row gradients, advantages, normaliser weights) per micro-batch
         model = trainer.model_wrapped
         try:
             micro_steps = args.steps_per_generation * args.num_iterations
@@ -247,8 +249,11 @@ class GRPOPolicy:
                     if grad_filter is None:
                         losses.append(trainer.training_step(model, rows, None).item())
                     else:
-                        losses.append(self._filtered_step(rows, grad_filter).item())
+                        losses.append(self._filtered_step(rows, grad_filter, recorded).item())
                 if last:
+                    if grad_filter is not None:  # the whole step's rows, scored together (update_stage)
+                        grad_filter.filter_gradients(*zip(*recorded), self)
+                        recorded.clear()
                     self._optimizer_step()
                     steps += 1
         finally:
@@ -264,25 +269,27 @@ class GRPOPolicy:
             metrics.update(grad_filter.last_metrics)
         return metrics
 
-    def _filtered_step(self, rows, grad_filter):
-        """One micro-step with per-row gradients recorded during TRL's own backward and handed, with the
-        rows' advantages (TRL shuffles rows between micro-batches, so they are read from its inputs), to
-        ``grad_filter.filter_gradients``."""
+    def _filtered_step(self, rows, grad_filter, recorded: list[tuple]):
+        """One micro-step with per-row gradients recorded during TRL's own backward; appends them to
+        ``recorded`` with the rows' advantages and normaliser weights (TRL shuffles rows between
+        micro-batches, so both are read from its inputs). ``grad_filter.filter_gradients`` gets the whole
+        optimizer step's rows after its last micro-step (``update``)."""
         trainer = self.trainer
         seen = {}
         compute_loss = trainer.compute_loss
 
         def reading_advantages(model, inputs, *args, **kwargs):
             seen["advantages"] = inputs["advantages"]
+            seen["weights"] = normaliser_weights(self.args.loss_type, inputs["completion_mask"])
             return compute_loss(model, inputs, *args, **kwargs)
 
         trainer.compute_loss = reading_advantages
         try:
-            with grad_filter.capture(trainer.model) as recorded:
+            with grad_filter.capture(trainer.model) as rec:
                 loss = trainer.training_step(trainer.model_wrapped, rows, None)
         finally:
             del trainer.compute_loss                   # the class's own method again
-        grad_filter.filter_gradients(recorded, seen["advantages"], self)
+        recorded.append((rec, seen["advantages"], seen["weights"]))
         return loss
 
     def _optimizer_step(self) -> None:
@@ -329,6 +336,23 @@ class GRPOPolicy:
         for key, value in state["counters"].items():
             setattr(trainer.state, key, value)
         trainer._step = state["micro_step"]
+
+
+# TRL 1.16's loss types by what their normaliser counts (GRPOTrainer._compute_loss): completion tokens, or rows.
+TOKEN_NORMALISED = ("dapo", "bnpo", "cispo", "vespo")
+ROW_NORMALISED = ("grpo", "sapo", "dr_grpo", "luspo")
+
+
+def normaliser_weights(loss_type: str, completion_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's share of TRL's loss normaliser: its completion tokens where the loss divides by the
+    tokens (``dapo``, ``bnpo``, ...), 1 where it averages rows (``grpo``, ``dr_grpo``, ...). The influence
+    selector's update stage uses it to take a dropped row out of the normaliser as well as the gradient."""
+    if loss_type in TOKEN_NORMALISED:
+        return completion_mask.detach().float().sum(-1).cpu()
+    if loss_type in ROW_NORMALISED:
+        return torch.ones(completion_mask.shape[0])
+    raise ValueError(f"loss_type {loss_type!r}: the influence selector does not know what its normaliser counts; "
+                     f"known: {', '.join(TOKEN_NORMALISED + ROW_NORMALISED)}")
 
 
 def trainable_parameters(model) -> dict[str, torch.Tensor]:

@@ -195,30 +195,34 @@ class GradSpy:
     def capture(self, model):
         return self.selector.capture(model)
 
-    def filter_gradients(self, rec, advantages, policy):
+    def filter_gradients(self, recorded, advantages, weights, policy):
+        from filters.influence.step import StepGradients
+
+        rec = StepGradients(list(recorded))
         grads = lambda: [m.weight.grad.clone() for _, m in rec.layers]   # noqa: E731
         before = grads()
-        self.selector.filter_gradients(rec, advantages, policy)
-        self.calls.append({"before": before, "after": grads(), "rec": rec, "adv": advantages.clone(),
-                           "keep": self.selector.last_keep.clone(), "alignment": self.selector.last_alignment[0]})
+        self.selector.filter_gradients(recorded, advantages, weights, policy)
+        self.calls.append({"before": before, "after": grads(), "rec": rec, "adv": torch.cat(advantages).cpu(),
+                           "weights": torch.cat(weights).cpu(), "keep": self.selector.last_keep.clone(),
+                           "alignment": self.selector.last_alignment[0]})
 
     @property
     def last_metrics(self):
         return self.selector.last_metrics
 
 
-@pytest.mark.parametrize("lora, precondition", [(True, False), (False, False), (True, True)])
-def test_update_stage_takes_dropped_rows_out_of_trls_gradient(tiny_model, tiny_data, tmp_path, lora, precondition):
-    """Through the real TRL update: the recorded rows sum to TRL's .grad, and after the filter .grad is
-    exactly the kept rows' sum; rows of negative alignment are the dropped ones, zero-advantage rows stay."""
+def run_filtered_updates(tiny_model, tiny_data, tmp_path, *, lora=True, precondition=False, accumulation=1,
+                         loss_type="dapo"):
+    """Two real TRL updates with the influence selector's update stage spied on; returns (spy, metrics)."""
     from engine.cli.build import build
     from engine.config.options import parse_config
     from engine.update import Batch
 
     cfg = parse_config(["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
                         "--n_votes", "4", "--n_train", "4", "--prompts_per_step", "4", "--lora", str(lora).lower(),
-                        "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "o"),
-                        "--progress", "false", "--max_completion_length", "6", "--learning_rate", "0.01"])
+                        "--gradient_accumulation_steps", str(accumulation), "--output_dir", str(tmp_path / "o"),
+                        "--progress", "false", "--max_completion_length", "6", "--learning_rate", "0.01",
+                        "--loss_type", loss_type])
     torch.manual_seed(0)
     _, tasks, policy, _ = build(cfg)
     tok = policy.trainer.processing_class
@@ -235,27 +239,102 @@ def test_update_stage_takes_dropped_rows_out_of_trls_gradient(tiny_model, tiny_d
     for _ in range(2):                              # the second update has Adam state to precondition with
         sel.select_batch(groups, 4, policy)
         metrics = policy.update(Batch.from_groups(groups, picks), grad_filter=spy)
+    return spy, metrics
+
+
+@pytest.mark.parametrize("lora, precondition", [(True, False), (False, False), (True, True)])
+def test_update_stage_takes_dropped_rows_out_of_trls_gradient(tiny_model, tiny_data, tmp_path, lora, precondition):
+    """Through the real TRL update: the recorded rows sum to TRL's .grad, and after the filter .grad is the
+    kept rows' sum rescaled to their own normaliser (dapo: completion tokens); rows of negative alignment
+    are the dropped ones, zero-advantage rows stay."""
+    spy, metrics = run_filtered_updates(tiny_model, tiny_data, tmp_path, lora=lora, precondition=precondition)
     assert len(spy.calls) == 2
     for n, call in enumerate(spy.calls):
-        rec, keep, a = call["rec"], call["keep"], torch.tensor(call["alignment"])
-        active = call["adv"].cpu() != 0
+        rec, keep, a, w = call["rec"], call["keep"], torch.tensor(call["alignment"]), call["weights"]
+        active = call["adv"] != 0
         assert int(active.sum()) == 12                               # the unanimous group has no advantage
         assert keep[~active].all()
         assert torch.equal(keep[active], a[active] >= 0)
         if n == 0:
             assert int((~keep).sum()) >= 4, "the contrary group's rows point against the batch; they are dropped"
+        scale = float(w.sum() / w[keep].sum())
+        assert w.min() >= 1 and (scale > 1) == bool((~keep).any())            # tokens per row
         for j in range(len(rec.layers)):
             torch.testing.assert_close(call["before"][j], rec.row_gradient(j).sum(0), rtol=1e-4, atol=1e-6)
-            torch.testing.assert_close(call["after"][j], rec.row_gradient(j)[keep].sum(0), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(call["after"][j], scale * rec.row_gradient(j)[keep].sum(0), rtol=1e-4, atol=1e-6)
     assert lora or spy.calls[0]["rec"].factors       # full layers over short rows are kept as factors
     m = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("filters/influence/")}
     assert m["kept_fraction"] == pytest.approx(float(keep[active].float().mean()))
     assert m["preconditioned"] == float(precondition)
     assert m["zero_advantage_fraction"] == pytest.approx(4 / 16)
+    assert m["normaliser_scale"] > 1
     if lora:
         assert m["unfiltered_param_fraction"] == 0.0
     else:   # full fine-tuning: norms and the tied embedding are not Linear layers, reported as unfiltered
         assert 0 < m["unfiltered_param_fraction"] < 0.1
+
+
+def test_update_stage_scores_the_whole_step_under_gradient_accumulation(tiny_model, tiny_data, tmp_path):
+    """Issue 17 part 4 (1): with gradient_accumulation_steps=2 TRL runs two shuffled micro-batches per
+    optimizer step; the filter sees both at once, and the target is the whole step's gradient."""
+    from filters.influence.targets import cosines
+
+    spy, _ = run_filtered_updates(tiny_model, tiny_data, tmp_path, accumulation=2, loss_type="grpo")
+    assert len(spy.calls) == 2                                   # once per optimizer step, not per micro-batch
+    for call in spy.calls:
+        rec = call["rec"]
+        assert [p.rows() for p in rec.parts] == [8, 8] and rec.rows() == 16
+        js = rec.recorded
+        step_sum = [rec.row_gradient(j).sum(0) for j in js]      # every row of both micro-batches
+        for got, want in zip(call["before"], step_sum):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        want = cosines(rec.features(js), "batch_mean", step_sum)
+        torch.testing.assert_close(torch.tensor(call["alignment"]), want, rtol=1e-4, atol=1e-6)
+        assert torch.equal(call["weights"], torch.ones(16))          # grpo averages rows: each counts once
+        keep = call["keep"]
+        for j, got in zip(js, call["after"]):
+            torch.testing.assert_close(got, 16 / int(keep.sum()) * rec.row_gradient(j)[keep].sum(0),
+                                       rtol=1e-4, atol=1e-6)
+
+
+def linear_micro_batch(layer, xs, coefs, n_rows):
+    """One micro-batch's backward through ``layer`` with per-row gradients recorded: row b's loss is
+    ``coefs[b] * layer(x_b) / n_rows`` (a mean over the step's rows, as TRL's grpo loss / GA is)."""
+    from filters.influence.per_row import LinearGradients
+
+    with LinearGradients([("lin", layer)]) as rec:
+        y = layer(torch.tensor(xs)[:, None, :])                                     # (B, 1, 1)
+        (y[:, 0, 0] * torch.tensor(coefs)).sum().div(n_rows).backward()
+    return rec
+
+
+def test_a_row_that_agrees_with_its_micro_batch_but_not_with_the_step_is_dropped_and_leaves_the_normaliser():
+    """Issue 17 part 4, both questions by hand. Micro-batch 1 holds rows a, b = (1, 0); micro-batch 2 rows
+    c, d = (-3, 1). The step's gradient (sum/4) points along (-4, 2): a and b oppose it (though they agree
+    with their own micro-batch's (2, 0), the old target) and are dropped. Removed, not zeroed: the update
+    is then the mean gradient of the kept rows c, d — what TRL computes on a batch of c and d alone — not
+    their sum over the original 4 rows (half of it)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 1, bias=False)
+    parts = [linear_micro_batch(layer, [[1.0, 0.0], [1.0, 0.0]], [1.0, 1.0], 4),
+             linear_micro_batch(layer, [[-3.0, 1.0], [-3.0, 1.0]], [1.0, 1.0], 4)]
+    sel = InfluenceSelector()
+    sel.select_batch([], 1, None)
+    sel.filter_gradients(parts, [torch.ones(2), torch.ones(2)], [torch.ones(2), torch.ones(2)],
+                         SimpleNamespace(model=layer))
+    assert sel.last_keep.tolist() == [False, False, True, True]
+    assert sel.last_metrics["filters/influence/normaliser_scale"] == 2.0
+    torch.testing.assert_close(layer.weight.grad, torch.tensor([[-3.0, 1.0]]))      # mean of c and d
+    # A row's share of the normaliser is what TRL divides by: with token weights (1, 1, 3, 1), dropping
+    # a and b leaves 4 of 6 tokens, so the kept rows' gradient is scaled by 6/4.
+    layer.weight.grad = None
+    parts = [linear_micro_batch(layer, [[1.0, 0.0], [1.0, 0.0]], [1.0, 1.0], 6),
+             linear_micro_batch(layer, [[-3.0, 1.0], [-3.0, 1.0]], [3.0, 1.0], 6)]
+    sel.select_batch([], 1, None)
+    sel.filter_gradients(parts, [torch.ones(2), torch.ones(2)], [torch.ones(2), torch.tensor([3.0, 1.0])],
+                         SimpleNamespace(model=layer))
+    assert sel.last_keep.tolist() == [False, False, True, True]
+    torch.testing.assert_close(layer.weight.grad, torch.tensor([[-3.0, 1.0]]) * 4 / 4)  # (3+1)/6 * 6/4 of (-3, 1)
 
 
 def test_filters_and_the_influence_selector_compose_in_one_run(tiny_model, tiny_data, tmp_path):

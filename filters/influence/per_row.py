@@ -46,7 +46,7 @@ class LinearGradients:
         self._handles: list = []
 
     def __enter__(self) -> LinearGradients:
-        self._grad_before = [None if m.weight.grad is None else m.weight.grad.detach().clone() for _, m in self.layers]
+        self.grad_before = [None if m.weight.grad is None else m.weight.grad.detach().clone() for _, m in self.layers]
         self._handles = [m.register_forward_hook(self._on_forward(j)) for j, (_, m) in enumerate(self.layers)]
         return self
 
@@ -144,7 +144,7 @@ class LinearGradients:
         ``.grad`` less what it held before (earlier micro-batches of a gradient-accumulation step)."""
         out = []
         for j in js:
-            grad, before = self.layers[j][1].weight.grad, self._grad_before[j]
+            grad, before = self.layers[j][1].weight.grad, self.grad_before[j]
             out.append(grad.float() if before is None else grad.float() - before.float())
         return out
 

@@ -16,9 +16,16 @@ from filters.influence.keep import FILLS, KEEP_RULES
 from filters.influence.per_row import LinearGradients
 from filters.influence.rollouts_stage import select
 from filters.influence.targets import TARGETS
+from filters.influence.step import StepGradients
 from filters.influence.update_stage import POOLS, capture, filter_rows
 
 PREFIX = "filters/influence/"
+
+
+def per_row_advantage(advantages: torch.Tensor) -> torch.Tensor:
+    """(B,) one advantage per row (a per-token (B, T) advantage is averaged over its positions)."""
+    adv = advantages.detach().float().cpu()
+    return adv.flatten(1).mean(1) if adv.dim() > 1 else adv
 
 
 class InfluenceSelector:
@@ -57,8 +64,8 @@ class InfluenceSelector:
         self.precondition, self.project_dim, self.modules = precondition, project_dim, modules
         self.max_rows, self.labeled_path, self.seed = max_rows_per_backward, labeled_path, seed
         self.last_metrics: dict[str, float] = {}
-        self.last_alignment: list[list[float]] = []   # per group (rollouts stage) / per micro-batch (update)
-        self.last_keep: torch.Tensor | None = None     # update stage: the last micro-batch's kept rows
+        self.last_alignment: list[list[float]] = []   # per group (rollouts stage) / the last optimizer step (update)
+        self.last_keep: torch.Tensor | None = None     # update stage: the last optimizer step's kept rows
         self._totals: dict[str, float] = {}
 
     def __call__(self, group, k: int) -> list[int]:
@@ -74,10 +81,14 @@ class InfluenceSelector:
         """Update stage: hooks recording every trainable Linear's per-row gradients (``update_stage.capture``)."""
         return capture(model)
 
-    def filter_gradients(self, cap: LinearGradients, advantages: torch.Tensor, policy) -> None:
-        """Update stage, after one micro-batch's backward: score its rows, subtract the dropped rows'
-        gradients (``update_stage.filter_rows``); the step's metrics so far go to ``last_metrics``."""
-        keep, a, metrics = filter_rows(cap, advantages, policy, self, self._totals)
+    def filter_gradients(self, recorded: list[LinearGradients], advantages: list[torch.Tensor],
+                         weights: list[torch.Tensor], policy) -> None:
+        """Update stage, after an optimizer step's last backward: ``recorded``, ``advantages`` and ``weights``
+        (each row's share of TRL's loss normaliser) hold one entry per micro-batch of the step. Score the
+        step's rows against the step's gradient, take the dropped ones out and rescale the rest
+        (``update_stage.filter_rows``); the update's metrics so far go to ``last_metrics``."""
+        keep, a, metrics = filter_rows(StepGradients(recorded), torch.cat([per_row_advantage(a) for a in advantages]),
+                                       torch.cat([w.detach().cpu() for w in weights]), policy, self, self._totals)
         self.last_alignment, self.last_keep = [a.tolist()], keep
         self.last_metrics = {PREFIX + key: value for key, value in metrics.items()}
 

@@ -1,6 +1,24 @@
 """Stage ``update`` (the default, IIF's design, NeurIPS 2025): score the rows the update trains on, inside
 its own backward, and take the dropped rows out of the gradient before the optimizer steps.
 
+Two decisions (issue 17, part 4), each tested in tests/test_influence.py:
+
+- **The target is the whole optimizer step's gradient**, not one micro-batch's. TRL shuffles the rows
+  before cutting them into ``gradient_accumulation_steps`` micro-batches, so a micro-batch's own gradient
+  is a random 1/GA of the step; the rows of every micro-batch are kept (``step.StepGradients``) and scored
+  together once the step's last backward has run, against the step's summed gradient.
+- **A dropped row is removed, not zeroed**: it leaves TRL's loss normaliser too. Subtracting a row's
+  gradient alone leaves the kept rows divided by the whole step's count (rows for ``grpo``-style losses,
+  completion tokens for ``dapo``/``bnpo``), so dropping half the rows would also halve the step — the same
+  as zeroing the dropped rows' advantages and KL terms, which mixes selection with a learning-rate cut
+  that varies from step to step (and Adam's second moment sees it). After the subtraction the kept
+  gradient is rescaled by (normaliser of every row) / (normaliser of the kept rows): the step is then the
+  one TRL would take on the kept rows alone, as the ``rollouts`` stage and PODS (arXiv 2504.13818) train
+  on their selected rows only. Each row's share of the normaliser (``weights``) comes from
+  ``engine.update``, the module that knows TRL's loss types. (Advantages stay as computed over the whole
+  group: the group's vote is what the selection is scored against.) For ``bnpo``, whose normaliser is
+  per micro-batch, the token rescale is exact when the micro-batches hold equal token counts.
+
 The update trains on ``pool``'s n_train rollouts per group (``first_k``, TTRL's, or ``max_variance``);
 ``per_row.LinearGradients`` records every row's gradient inside TRL's own backward
 (``GRPOPolicy.update(batch, grad_filter=...)``), the rows are scored, and the dropped rows' gradients are
@@ -23,6 +41,7 @@ from filters.influence.features import DenseFeatures, precondition, project
 from filters.influence.keep import keep_mask
 from filters.influence.per_row import LinearGradients
 from filters.influence.sequence import hooked_modules
+from filters.influence.step import StepGradients
 from filters.influence.targets import agree_target, cosines, labeled_target
 from filters.selectors import first_k, max_variance
 
@@ -49,7 +68,7 @@ def capture(model) -> LinearGradients:
     return LinearGradients(hooked_modules(model, None))
 
 
-def alignments(cap: LinearGradients, adv: torch.Tensor, policy, s: Settings) -> tuple[torch.Tensor, bool]:
+def alignments(cap: StepGradients, adv: torch.Tensor, policy, s: Settings) -> tuple[torch.Tensor, bool]:
     """(B,) each recorded row's alignment with the target over the deciding layers (``s.modules``), and
     whether Adam preconditioning was applied (the optimizer has state)."""
     layers = cap.layers
@@ -82,12 +101,14 @@ def alignments(cap: LinearGradients, adv: torch.Tensor, policy, s: Settings) -> 
     return cosines(feats, s.target, t, sq), used_adam
 
 
-def filter_rows(cap: LinearGradients, advantages: torch.Tensor, policy, s: Settings,
+def filter_rows(cap: StepGradients, advantages: torch.Tensor, weights: torch.Tensor, policy, s: Settings,
                 totals: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """After one micro-batch's backward: score its rows, subtract the dropped rows' gradients from ``.grad``.
+    """After an optimizer step's last backward: score its rows against the step's gradient, take the dropped
+    rows out of ``.grad`` and rescale the rest to the kept rows' normaliser (module docstring).
 
-    Returns (keep (B,) bool, alignment (B,), metrics). Rows with zero advantage (TTRL's unanimous groups)
-    are always kept. ``totals`` accumulates the step's micro-batches; the metrics (unprefixed) cover them all.
+    ``weights`` (B,): each row's share of TRL's loss normaliser. Returns (keep (B,) bool, alignment (B,),
+    metrics). Rows with zero advantage (TTRL's unanimous groups) are always kept. ``totals`` accumulates the
+    update's optimizer steps (``num_iterations``); the metrics (unprefixed) cover them all.
     """
     start = time.perf_counter()
     adv = advantages.detach().float().cpu()
@@ -99,10 +120,15 @@ def filter_rows(cap: LinearGradients, advantages: torch.Tensor, policy, s: Setti
     keep = torch.ones(len(a), dtype=torch.bool)
     keep[active] = passed
     cap.remove_rows((~keep).float())
+    weights = weights.detach().float().cpu()
+    kept_weight = float(weights[keep].sum())
+    scale = float(weights.sum()) / kept_weight if kept_weight > 0 else 1.0   # none kept: .grad is 0 already
+    if scale != 1.0:
+        cap.scale_gradients(scale)
     seconds = time.perf_counter() - start + cap.seconds
     for key, value in {"rows": len(a), "active": int(active.sum()), "kept": int(passed.sum()),
                        "negative": int((a[active] < 0).sum()), "alignment": float(a[active].sum()),
-                       "seconds": seconds, "preconditioned": float(used_adam)}.items():
+                       "seconds": seconds, "preconditioned": float(used_adam), "scale": scale, "steps": 1}.items():
         totals[key] = totals.get(key, 0) + value
     covered = sum(p.numel() for _, m in cap.layers for p in (m.weight, m.bias) if p is not None and p.requires_grad)
     trainable = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
@@ -112,6 +138,7 @@ def filter_rows(cap: LinearGradients, advantages: torch.Tensor, policy, s: Setti
         "negative_fraction": totals["negative"] / max(1, totals["active"]),
         "zero_advantage_fraction": 1 - totals["active"] / max(1, totals["rows"]),
         "preconditioned": float(used_adam),
+        "normaliser_scale": totals["scale"] / totals["steps"],
         "unfiltered_param_fraction": 1 - covered / max(1, trainable),
         "time_s": totals["seconds"],
     }
