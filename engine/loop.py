@@ -34,6 +34,7 @@ from engine import distributed
 from engine.config.options import Config
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
+from engine.rundir.guard import RunGuard
 from engine.rundir.record import RunRecord
 from engine.types import RolloutGroup, SamplingParams, Task
 from engine.update import Batch, accumulation_unit
@@ -61,14 +62,17 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     stages = build_filters(t.filters, FILTERS)
     stream = PromptStream([task.unlabeled() for task in tasks], t.episodes, rng)  # what the training stages see
     votes = VoteHistory(t.answer_type)  # each prompt's majority answer across visits: flip rate, lock-in
+    guard = RunGuard(t.guard, score=t.guard_score, votes=votes, out_dir=out_dir, every=t.guard_snapshot_every,
+                     keep=t.guard_keep, log=log, writes=distributed.is_main())  # label-free; off without --guard
     record = RunRecord(out_dir, policy=policy, rng=rng, stream=stream, filters=stages, save_every=t.save_every,
-                       log=log, watchers={"votes": votes})
+                       log=log, watchers={"votes": votes, "guard": guard})
     if not record.resume(sampler):  # a checkpoint in out_dir: continue after its step, as if never stopped
         record.begin(before=accuracy(cfg, sampler, tasks, record, "before"))
+        guard.snapshot_if_due(0, policy)  # the base weights: a rollback may choose them
     bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
                disable=not t.progress or not distributed.is_main())
     try:
-        while not stream.exhausted and not policy.finished:  # finished: --max_steps optimizer steps taken
+        while not stream.exhausted and not policy.finished and not guard.stopped:  # finished: --max_steps taken
             episodes_finished = stream.episodes_finished
             row = record.new_row()
             # 1-2. Sample n_votes rollouts per prompt, score them (majority vote), filter; refill (DAPO).
@@ -79,6 +83,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
                 row.update(votes.observe(sampled, labels))
+                kept = guard.screen(row, sampled, kept)  # skip risky groups, pause this update, or stop the run
             for stage in stages:
                 if hasattr(stage.fn, "skip"):  # GRESO adapts its skip probability once per step
                     row.update(stage.fn.end_step())
@@ -93,6 +98,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 row["step"] = record.step
                 # 3-4. Select n_train rollouts per group; GRPO update, KL-anchored to the base model.
                 row.update(update(policy, sampler, select, distributed.shard(kept), t.n_train))
+                guard.snapshot_if_due(record.step, policy)
             else:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
             record.account(row, episode=stream.episode - 1)
@@ -104,7 +110,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     finally:
         bar.close()
         record.close()
-    return record.finish(accuracy(cfg, sampler, tasks, record, "after"), config=cfg.to_dict())
+    rollback = guard.finish(policy, sampler, record.step)  # to the best snapshot by its label-free score, if any
+    return record.finish(accuracy(cfg, sampler, tasks, record, "after"), config=cfg.to_dict(), guard=rollback)
 
 
 def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score, stages, rng: random.Random, *,

@@ -31,6 +31,8 @@ class VoteHistory:
         self.last: dict[str, str | None] = {}
         self.correct: dict[str, bool] = {}
         self.locked: set[str] = set()
+        self.flips: dict[str, int] = {}   # per prompt: visits on which its majority answer changed
+        self.flipped: set[str] = set()    # prompts whose majority changed on their latest visit (the guard reads it)
 
     def same(self, a: str | None, b: str | None) -> bool:
         if a is None or b is None:
@@ -43,7 +45,13 @@ class VoteHistory:
             tid, answer = group.task.id, group.label
             if tid in self.last:
                 revisited += 1
-                flips += not self.same(answer, self.last[tid])
+                changed = not self.same(answer, self.last[tid])
+                flips += changed
+                self.flips[tid] = self.flips.get(tid, 0) + changed
+                if changed:
+                    self.flipped.add(tid)
+                else:
+                    self.flipped.discard(tid)
             else:
                 self.first[tid] = answer
             self.last[tid] = answer
@@ -66,8 +74,10 @@ class VoteHistory:
 
     def state_dict(self) -> dict:
         return {"first": dict(self.first), "last": dict(self.last), "correct": dict(self.correct),
-                "locked": sorted(self.locked)}
+                "locked": sorted(self.locked), "flips": dict(self.flips), "flipped": sorted(self.flipped)}
 
     def load_state_dict(self, state: dict) -> None:
         self.first, self.last = dict(state["first"]), dict(state["last"])
         self.correct, self.locked = dict(state["correct"]), set(state["locked"])
+        # checkpoints written before the guard have no per-prompt flips: they start afresh
+        self.flips, self.flipped = dict(state.get("flips", {})), set(state.get("flipped", []))

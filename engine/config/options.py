@@ -84,6 +84,10 @@ class TTRLArgs:
     ray_max_retries: int = _f(2, "Times a `ttrl suite --ray` job, or the worker group of a num_workers > 1 run, is run again after a worker dies (killed, out of memory, node lost); the retry continues from the run's last checkpoint.")
     progress: bool = _f(True, "Show progress bars.")
     save_every: int = _f(10, "Checkpoint (weights, optimizer, RNGs, filter history, position) every N steps and at the end of every episode; 0: at episode ends only. `ttrl run --resume RUN_DIR` continues from it.")
+    guard: str | None = _f(None, "Label-free collapse guard (filters.guard): watch, skip_flipped, pause_on_flips, ttrl_guard, or 'module:function' (YAML: {name: ttrl_guard, max_flip_rate: 0.4, ...}). It reads only the vote's own signals (flip rate, lock-in, majority ratio) to skip risky groups, pause an update or stop the run. Unset: off.")
+    guard_snapshot_every: int = _f(0, "With --guard: keep a snapshot of the trainable weights at the start and every N optimizer steps (under RUN_DIR/guard/), and at the end roll back, before the final evaluation, to the snapshot with the best label-free score (guard_score); summary.json and report.md say which and why. 0: no snapshots, no rollback.")
+    guard_keep: int = _f(3, "With guard_snapshot_every: snapshots kept, the best by guard_score (plus the latest).")
+    guard_score: str = _f("stability", "With guard_snapshot_every: how snapshots are ranked, from the votes their weights produced: a name from filters.GUARD_SCORES or 'module:function'.")
 
 
 @dataclass
@@ -280,7 +284,7 @@ def _flat_options(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_SPEC_OPTIONS = {"reward", "selector", "filters"}  # a name, or (in YAML) a mapping or list of specs
+_SPEC_OPTIONS = {"reward", "selector", "filters", "guard", "guard_score"}  # a name, or (in YAML) a mapping or list of specs
 
 
 def _check_types(ns, dataclasses_) -> None:
@@ -450,11 +454,40 @@ def validate(cfg: Config) -> None:
                           "each layer's input in the forward pass, which checkpointing re-runs during backward; "
                           "set --gradient_checkpointing false (or choose another selector)")
     check_trackers(g.report_to)
+    check_guard(cfg.ttrl)
     check_distributed(cfg, selector)
     try:
         build_filters(cfg.ttrl.filters, FILTERS)  # thrown away: the loop builds its own, with fresh state
     except SpecError as err:
         raise ConfigError(f"filters: {err}") from None
+
+
+def check_guard(t: TTRLArgs) -> None:
+    """``--guard`` and its snapshot options: valid specs and counts, and no snapshot option without what
+    makes it take effect (snapshots need a guard; keep and score rank snapshots)."""
+    from engine.registry import SpecError, resolve
+    from filters import GUARD_SCORES, GUARDS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TTRLArgs)}
+    if t.guard_snapshot_every < 0:
+        raise ConfigError(f"guard_snapshot_every must be >= 0, got {t.guard_snapshot_every}")
+    if t.guard_keep < 1:
+        raise ConfigError(f"guard_keep must be >= 1, got {t.guard_keep}")
+    unused = [name for name in ("guard_snapshot_every", "guard_keep", "guard_score")
+              if getattr(t, name) != defaults[name]]
+    if t.guard is None and unused:
+        raise ConfigError(f"{unused[0]} needs --guard (a policy from filters.GUARDS; 'watch' only snapshots and "
+                          "rolls back)")
+    if t.guard is None:
+        return
+    if not t.guard_snapshot_every and [n for n in unused if n != "guard_snapshot_every"]:
+        raise ConfigError(f"{unused[0]} ranks the guard's snapshots: set guard_snapshot_every > 0 to take them")
+    for name, spec, registry, kind in (("guard", t.guard, GUARDS, "guards"),
+                                       ("guard_score", t.guard_score, GUARD_SCORES, "guard scores")):
+        try:
+            resolve(spec, registry, kind)
+        except SpecError as err:
+            raise ConfigError(f"{name}: {err}") from None
 
 
 def check_distributed(cfg: Config, selector) -> None:
@@ -473,6 +506,9 @@ def check_distributed(cfg: Config, selector) -> None:
         raise ConfigError(f"selector {cfg.ttrl.selector!r} is not supported {where}: the influence selector filters "
                           "per-row gradients before the optimizer step, and doing that before DDP's gradient "
                           "all-reduce is not built; run it in one process, or choose first_k / max_variance")
+    if cfg.ttrl.guard_snapshot_every:
+        raise ConfigError(f"guard_snapshot_every is not supported {where} yet: rank 0 writes the snapshots and a "
+                          "rollback on every rank is not built; run the guard without snapshots (0), or in one process")
     if cfg.ttrl.rollout_workers > 1:
         raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
                           "samples its own share of the prompts; use one or the other")

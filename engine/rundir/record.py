@@ -162,8 +162,9 @@ class RunRecord:
         self.saves.update(count=self.saves["count"] + 1, seconds=self.saves["seconds"] + cost["checkpoint/seconds"],
                           mb=cost["checkpoint/mb"])
 
-    def finish(self, after: dict[str, float], *, config: dict) -> dict:
-        """Close the run: the after row, the trackers, the adapter, ``summary.json`` and the report."""
+    def finish(self, after: dict[str, float], *, config: dict, guard: dict | None = None) -> dict:
+        """Close the run: the after row, the trackers, the adapter, ``summary.json`` and the report.
+        ``guard``: what the collapse guard did (``engine.rundir.guard``), the rollback's choice and why."""
         self.history.append({"step": self.step, **after})
         if self.writes:
             self.policy.log({f"after/{k}": v for k, v in after.items()})
@@ -173,6 +174,8 @@ class RunRecord:
         self.policy.save(self.out_dir / "adapter")  # every rank calls it; TRL's Trainer writes on rank 0 only
         summary = {"before": self.before, "after": after, "compute": self.compute,
                    "telemetry": summarize_telemetry(self.history), "checkpoints": self.saves, "config": config}
+        if guard is not None:
+            summary["guard"] = guard
         if self.writes:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             report.write_report(self.out_dir, summary, self.history)

@@ -32,8 +32,25 @@ def write_report(out_dir: Path, summary: dict, history: list[dict]) -> None:
         "![accuracy and reward curves](curves.png)",
         "",
     ]
+    if "guard" in summary:
+        text += guard_section(summary["guard"])
     (out_dir / "report.md").write_text("\n".join(text), encoding="utf-8")
     plot_curves(out_dir / "curves.png", history)
+
+
+def guard_section(guard: dict) -> list[str]:
+    """The collapse guard's part of the report: what it did, every snapshot's score, the rollback and why."""
+    lines = ["## Guard", "",
+             f"Policy `{guard['policy']}`: {guard['paused_steps']} steps paused, {guard['skipped_groups']} groups skipped"
+             + (f"; stopped the run at {guard['stopped']}." if guard["stopped"] else "."), ""]
+    if guard["snapshots"]:
+        chosen = guard.get("chosen", {}).get("step")
+        lines += [f"| snapshot step | {guard['score']} score | rows scored | chosen |", "|---:|---:|---:|:---:|"]
+        lines += [f"| {s['step']} | {s['score']:.4f} | {s['rows']} | {'yes' if s['step'] == chosen else ''} |"
+                  for s in guard["snapshots"]]
+        lines.append("")
+    lines += [f"Final weights: {guard['reason']}.", ""]
+    return lines
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:

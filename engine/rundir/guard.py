@@ -1,0 +1,193 @@
+"""The run's collapse guard: screen each step with a label-free policy, keep weight snapshots, roll back at the end.
+
+``filters.guard`` holds the rules (``GUARDS``) and the snapshot scores (``SCORES``); this module applies
+them to a run (issue 17; TTRL-Guard, arXiv 2605.19444; rise-then-fall, arXiv 2603.08660):
+
+- ``screen``: after a step's vote, the policy sees the row's label-free keys only (``vote/*`` and the
+  guard's own ``guard/*``: never ``label/*`` or an accuracy), the sampled groups and the vote history,
+  and may skip groups, pause the update, or stop the run. The row gets ``guard/skipped_groups``,
+  ``guard/paused`` and ``guard/stop``.
+- Snapshots (``guard_snapshot_every`` K > 0): the trainable weights alone (the LoRA adapter, or every
+  weight under full fine-tuning; no optimizer state), written as safetensors under ``RUN_DIR/guard/``
+  at the start (step 0, the base) and every K optimizer steps. Each snapshot is scored by the guard's
+  score over its *window*: the label-free rows sampled from the snapshot's step until the next snapshot
+  (the first of them exactly with its weights, the rest with the K-1 updates after it). At most
+  ``guard_keep`` scored snapshots are kept (the best) plus the latest, whose window is still open.
+- ``finish``: the snapshot with the best score is loaded into the policy and the sampler before the
+  final evaluation, unless it is the current weights; the summary gets the chosen step, its score,
+  every snapshot's score and the reason. The last snapshot's window is empty when the run ends on it
+  (no rows were sampled with its weights), so it cannot be chosen: the score needs votes.
+
+Resume: the guard's state (snapshots and their windows, the label-free history, a stop) travels in the
+checkpoint's ``watchers``. Snapshot files named by a checkpoint are kept until a later checkpoint no longer
+needs them (a checkpoint is swapped in atomically, so the previous one may still be the one a resume
+finds until the next is written); on resume, files of steps after the checkpoint are deleted and written
+again as the steps are replayed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.registry import resolve, spec_name
+from filters import GUARD_SCORES, GUARDS
+
+SIGNALS = ("vote/", "guard/")  # the only row keys a guard sees: label-free by construction
+
+
+def label_free(row: dict) -> dict:
+    """The keys of ``row`` a guard may read (``vote/*``, ``guard/*``)."""
+    return {k: v for k, v in row.items() if k.startswith(SIGNALS)}
+
+
+class RunGuard:
+    """``--guard`` applied to one run; a no-op (no row keys, no snapshots) when ``spec`` is None."""
+
+    def __init__(self, spec, *, score="stability", votes, out_dir: Path, every: int = 0, keep: int = 3,
+                 log=print, writes: bool = True):
+        self.spec, self.score_spec = spec, score
+        self.policy = resolve(spec, GUARDS, "guards") if spec is not None else None
+        self.score = resolve(score, GUARD_SCORES, "guard scores")
+        self.votes, self.dir, self.every, self.keep, self.log, self.writes = votes, out_dir / "guard", every, keep, log, writes
+        self.snapshots: list[dict] = []   # {"step": n, "window": [label-free rows]}, oldest first
+        self.history: list[dict] = []     # every screened row's label-free keys
+        self.stop_reason: str | None = None
+        self.retired: set[int] = set()    # pruned snapshots whose file a checkpoint may still name
+        self.named: list[set[int]] = []   # the snapshot steps of the last two checkpoints
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+    # -- the loop's three calls --------------------------------------------------------------------------------
+
+    def screen(self, row: dict, groups: list, kept: list) -> list:
+        """The groups to train on this step, after the guard's verdict; adds the ``guard/*`` keys to ``row``."""
+        if self.policy is None:
+            return kept
+        signals = label_free(row)
+        if self.snapshots:
+            self.snapshots[-1]["window"].append(signals)  # votes sampled since the latest snapshot
+        verdict = self.policy(signals, groups, self.votes, self.history)
+        train = [] if verdict.action != "train" else [g for g in kept if g.task.id not in verdict.skip]
+        out = {"guard/skipped_groups": float(len(kept) - len(train)) if verdict.action == "train" else 0.0,
+               "guard/paused": float(verdict.action != "train"), "guard/stop": float(verdict.action == "stop")}
+        row.update(out)
+        self.history.append({**signals, **out})
+        if verdict.action == "stop":
+            self.stop_reason = f"step {row.get('step')}: {verdict.reason}"
+            self.log(f"guard {spec_name(self.spec)}: stopping the run ({verdict.reason})")
+        elif verdict.action == "pause":
+            self.log(f"guard {spec_name(self.spec)}: no update this step ({verdict.reason})")
+        return train
+
+    def snapshot_if_due(self, step: int, policy) -> None:
+        """Take a snapshot at step 0 (the base weights) and every ``every`` optimizer steps."""
+        if not self.every or step % self.every or any(s["step"] == step for s in self.snapshots):
+            return
+        if self.writes:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_file(trainable_weights(policy.model), self.path(step))
+        self.snapshots.append({"step": step, "window": []})
+        self.prune()
+
+    def finish(self, policy, sampler, step: int) -> dict | None:
+        """Roll back to the best-scored snapshot (module docstring); the summary's ``guard`` entry."""
+        if self.policy is None:
+            return None
+        scores = [{"step": s["step"], "score": self.score(s["window"]), "rows": len(s["window"])}
+                  for s in self.snapshots]
+        summary = {"policy": spec_name(self.spec), "score": spec_name(self.score_spec), "snapshots": scores,
+                   "stopped": self.stop_reason, "paused_steps": int(sum(r["guard/paused"] for r in self.history)),
+                   "skipped_groups": int(sum(r["guard/skipped_groups"] for r in self.history)), "rolled_back": False}
+        ranked = [s for s in scores if not math.isnan(s["score"])]
+        if not self.every:
+            summary["reason"] = "no snapshots (guard_snapshot_every 0): the final weights are kept"
+        elif not ranked:
+            summary["reason"] = "no snapshot has a scored window (no rows were sampled after any): the final weights are kept"
+        else:
+            best = max(ranked, key=lambda s: (s["score"], s["step"]))  # ties: the later snapshot
+            summary["chosen"] = {"step": best["step"], "score": best["score"]}
+            if best["step"] == step:
+                summary["reason"] = f"the final weights (step {step}) score best ({best['score']:.4f})"
+            else:
+                load_weights(policy.model, load_file(self.path(best["step"])))
+                sampler.load_weights(policy.model)
+                summary["rolled_back"] = True
+                summary["reason"] = (f"rolled back from step {step} to step {best['step']}: the best {self.score_name} "
+                                     f"score of {len(ranked)} scored snapshots ({best['score']:.4f})")
+            self.log(f"guard: {summary['reason']}")
+        return summary
+
+    # -- snapshots -------------------------------------------------------------------------------------------
+
+    @property
+    def score_name(self) -> str:
+        return spec_name(self.score_spec)
+
+    def path(self, step: int) -> Path:
+        return self.dir / f"step-{step:06d}.safetensors"
+
+    def prune(self) -> None:
+        """Keep the ``keep`` best-scored snapshots and the latest; a dropped one's file goes now unless a
+        checkpoint still names it."""
+        *scored, latest = self.snapshots
+        scored.sort(key=lambda s: (nan_last(self.score(s["window"])), s["step"]), reverse=True)
+        for dropped in scored[self.keep:]:
+            self.retired.add(dropped["step"])
+        self.snapshots = sorted(scored[: self.keep], key=lambda s: s["step"]) + [latest]
+        self.delete_retired()
+
+    def delete_retired(self) -> None:
+        needed = set().union(*self.named) if self.named else set()
+        for step in sorted(self.retired - needed):
+            if self.writes:
+                self.path(step).unlink(missing_ok=True)
+            self.retired.discard(step)
+
+    # -- checkpoints (RunRecord's watchers) ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """For the checkpoint being written now: it will name these snapshots (and the previous one may
+        still be the checkpoint on disk until this one is swapped in)."""
+        self.named = (self.named + [{s["step"] for s in self.snapshots}])[-2:]
+        self.delete_retired()
+        return {"snapshots": self.snapshots, "history": self.history, "stop_reason": self.stop_reason}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.snapshots, self.history = [dict(s) for s in state["snapshots"]], list(state["history"])
+        self.stop_reason = state["stop_reason"]
+        steps = {s["step"] for s in self.snapshots}
+        self.named, self.retired = [steps], set()
+        missing = [s for s in sorted(steps) if not self.path(s).exists()]
+        if missing and self.writes:
+            raise FileNotFoundError(f"the checkpoint's guard snapshots {missing} are missing from {self.dir}")
+        if self.writes and self.dir.exists():  # steps after the checkpoint: replayed, and written again
+            for path in self.dir.glob("step-*.safetensors"):
+                if int(path.stem.removeprefix("step-")) not in steps:
+                    path.unlink()
+
+
+def nan_last(score: float) -> float:
+    """A score for ranking: NaN (an empty window) below every number."""
+    return -math.inf if math.isnan(score) else score
+
+
+def trainable_weights(model) -> dict[str, torch.Tensor]:
+    """The parameters the update changes (the LoRA ones under PEFT), as contiguous CPU copies."""
+    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy a snapshot into the model's trainable parameters; every one must be there."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != set(params):
+        raise ValueError(f"guard snapshot does not match the model's trainable parameters: "
+                         f"missing {sorted(set(params) - set(weights))[:5]}, unknown {sorted(set(weights) - set(params))[:5]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device))

@@ -1,0 +1,120 @@
+"""Label-free collapse guards: rules on the vote's own signals that skip risky groups, pause, or stop a run.
+
+Why. Label-free rewards, the majority vote included, tend to rise then fall on long runs (the TTRL
+authors, arXiv 2603.08660): once the vote locks onto a wrong answer the update spreads it, and more
+prompts go correct → wrong than wrong → correct. The flip rate of majority answers warns early, and
+TTRL-Guard (arXiv 2605.19444) protects the model by scaling rewards by flip risk and pausing updates on
+polarised problems. A guard here sees only label-free signals — a step's ``vote/*`` telemetry
+(``vote/flip_rate``, ``vote/locked_in``, ``vote/majority_ratio``, ``vote/answer_entropy``), the step's
+sampled groups and the per-prompt vote history (``filters.vote_history.VoteHistory``: ``flips``,
+``flipped``, ``locked``) — never a ``label/*`` key or a true label: ``engine.rundir.guard`` hands it the
+``vote/*`` and ``guard/*`` keys of each row and nothing else.
+
+A guard is a plain callable ``(signals, groups, votes, history) -> Verdict``: ``signals`` this step's
+label-free row, ``groups`` the step's sampled groups (pseudo-labels and ``vote/*`` stats), ``votes`` the
+vote history, ``history`` the label-free rows of earlier steps (with the guard's own ``guard/*`` keys).
+Registered in ``GUARDS``; ``--guard module:function`` names your own.
+
+Down-weighting a group's rewards is not offered: TRL normalises advantages within each group
+(``scale_rewards="group"``, its default), so a per-group reward scale cancels out; skipping the group
+is the action that takes effect.
+
+``SCORES``: how a weight snapshot is ranked for the end-of-run rollback, from the label-free rows its
+weights produced (``engine.rundir.guard``). ``stability`` is the default; ``--guard_score`` swaps it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from engine.types import RolloutGroup
+from filters.vote_history import VoteHistory
+
+ACTIONS = ("train", "pause", "stop")
+
+
+@dataclass
+class Verdict:
+    """What a guard decides for one step: ``train`` (less the groups in ``skip``, by task id), ``pause``
+    (no update this step) or ``stop`` (no update, and the run ends); ``reason`` says why, for the log."""
+
+    action: str = "train"
+    skip: set[str] = field(default_factory=set)
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"guard verdict action {self.action!r}; allowed: {', '.join(ACTIONS)}")
+
+
+def watch(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict]) -> Verdict:
+    """Never intervenes: with ``--guard_snapshot_every`` it keeps snapshots and rolls back at the end only."""
+    return Verdict()
+
+
+def skip_flipped(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict], *,
+                 min_majority: float = 0.0) -> Verdict:
+    """Skip the groups of prompts whose majority answer changed since their previous visit (their
+    pseudo-label is the least trustworthy: TTRL-Guard's flip risk), and, with ``min_majority`` > 0, the
+    polarised groups whose majority holds fewer than that share of the votes."""
+    skip = {g.task.id for g in groups if g.task.id in votes.flipped
+            or g.stats.get("vote/majority_ratio", 1.0) < min_majority}
+    return Verdict(skip=skip, reason=f"{len(skip)} flipped or polarised groups" if skip else "")
+
+
+def pause_on_flips(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict], *,
+                   max_flip_rate: float = 0.5, max_locked_in: float = 0.2, patience: int = 3) -> Verdict:
+    """Pause the update on a step whose flip rate exceeds ``max_flip_rate`` (the vote is unstable: its
+    labels are noise); stop the run when ``patience`` steps in a row were paused, or when the share of
+    prompts locked in on an answer other than their first majority exceeds ``max_locked_in`` (the
+    model has talked itself into new certainties: the collapse the guard exists to prevent)."""
+    locked = signals.get("vote/locked_in", 0.0)
+    if locked > max_locked_in:
+        return Verdict("stop", reason=f"locked-in share {locked:.3f} > {max_locked_in}")
+    flip = signals.get("vote/flip_rate", float("nan"))
+    if not math.isnan(flip) and flip > max_flip_rate:
+        paused_before = 0
+        for row in reversed(history):
+            if not row.get("guard/paused"):
+                break
+            paused_before += 1
+        if paused_before + 1 >= patience:
+            return Verdict("stop", reason=f"flip rate above {max_flip_rate} on {patience} steps in a row")
+        return Verdict("pause", reason=f"flip rate {flip:.3f} > {max_flip_rate}")
+    return Verdict()
+
+
+def ttrl_guard(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict], *,
+               min_majority: float = 0.0, max_flip_rate: float = 0.5, max_locked_in: float = 0.2,
+               patience: int = 3) -> Verdict:
+    """``pause_on_flips`` first (pause or stop the whole step), else ``skip_flipped`` (TTRL-Guard's two
+    levers, arXiv 2605.19444: per-prompt flip risk and whole-run instability)."""
+    verdict = pause_on_flips(signals, groups, votes, history, max_flip_rate=max_flip_rate,
+                             max_locked_in=max_locked_in, patience=patience)
+    if verdict.action != "train":
+        return verdict
+    return skip_flipped(signals, groups, votes, history, min_majority=min_majority)
+
+
+def stability(window: list[dict]) -> float:
+    """The default snapshot score, from the label-free rows sampled with the snapshot's weights
+    (higher is better): mean majority ratio − mean flip rate − 2 × the locked-in share at the window's end.
+
+    Consensus alone cannot tell a right vote from a confidently wrong one — a collapsing run's majority
+    ratio keeps rising — so the score pays for agreement only where it is stable (answers that do not
+    flip between visits) and charges twice for prompts that have locked in on an answer other than
+    their first majority, the signature of the vote walking away (arXiv 2605.19444). NaN flip rates
+    (prompts not yet revisited) count as no flips. NaN for an empty window: nothing to rank on."""
+    if not window:
+        return float("nan")
+    ratios = [r["vote/majority_ratio"] for r in window if not math.isnan(r.get("vote/majority_ratio", math.nan))]
+    flips = [r["vote/flip_rate"] for r in window if not math.isnan(r.get("vote/flip_rate", math.nan))]
+    consensus = sum(ratios) / len(ratios) if ratios else 0.0
+    flip = sum(flips) / len(flips) if flips else 0.0
+    return consensus - flip - 2.0 * window[-1].get("vote/locked_in", 0.0)
+
+
+GUARDS: dict = {"watch": watch, "skip_flipped": skip_flipped, "pause_on_flips": pause_on_flips,
+                "ttrl_guard": ttrl_guard}
+SCORES: dict = {"stability": stability}
