@@ -11,8 +11,9 @@ give std 0 and zero advantage, erasing the survivors too) and over-weights them.
 ``filled_fraction``: with fill="remaining" a threshold rule reduces to "top k by alignment per group",
 and filled rollouts do contribute. ``fill="repeat"`` cycles the survivors (in alignment order) instead,
 so dropped rollouts contribute nothing; groups with no survivor fall back to "remaining". Ties go to
-the lower index. In the update stage the keep rule applies to each micro-batch's rows directly and
-dropped rows are removed from the gradient, so no fill is needed.
+the lower index. In the update stage the keep rule applies to each optimizer step's rows directly
+(all its micro-batches together) and dropped rows are removed from the gradient and the loss normaliser,
+so no fill is needed.
 """
 
 from __future__ import annotations

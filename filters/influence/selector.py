@@ -1,8 +1,9 @@
 """The ``influence`` selector: the spec's options, checked once, composed into one of the two stages.
 
 It is what ``filters.SELECTORS["influence"]`` builds. ``engine.loop`` calls ``select_batch`` (the whole
-batch and the policy, not one group at a time); ``engine.update`` hands each micro-batch's recorded rows to
-``grad_filter`` (``capture`` / ``filter_gradients`` / ``last_metrics``) in the update stage. Metrics:
+batch and the policy, not one group at a time); ``engine.update`` hands each optimizer step's recorded rows (all its
+micro-batches together) to ``grad_filter`` (``capture`` / ``filter_gradients`` / ``last_metrics``) in the
+update stage. Metrics:
 ``last_metrics`` (``filters/influence/...``), merged into the step's row.
 """
 
