@@ -58,6 +58,19 @@ def test_two_ranks_each_sample_with_their_own_vllm_engine_holding_the_updated_we
         assert lines[0]["logp_diff_base"] < 1e-3, lines[0]
         assert all(x["logp_diff_base"] > 0.1 for x in lines[1:]), lines
 
-    # Each rank seeded its engine with seed + rank (vLLM logs its engine config once per rank).
-    assert "seed=0," in out and "seed=1," in out
-    assert "Using external launcher for distributed inference" in out
+
+def test_under_torchrun_each_rank_builds_an_external_launcher_engine_seeded_seed_plus_rank(monkeypatch):
+    """The construction arguments alone (the engine itself is the test above): rank 1 of 2 asks for the
+    external launcher and seed + 1; one process for neither."""
+    from engine import distributed
+    from engine.config.options import parse_config
+    from engine.samplers import vllm as vllm_sampler
+
+    built = []
+    monkeypatch.setattr(vllm_sampler, "VLLMSampler", lambda *args, **kwargs: built.append(kwargs))
+    argv = ["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--sampler", "vllm", "--seed", "7"]
+    vllm_sampler.make_vllm_sampler(parse_config(argv), "m", tokenizer=None)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    vllm_sampler.make_vllm_sampler(parse_config(argv), "m", tokenizer=None)
+    assert [(b["seed"], b["external_launcher"]) for b in built] == [(7, False), (8, True)]
