@@ -173,10 +173,11 @@ def test_what_two_ranks_do_not_support_is_refused_at_start_up(monkeypatch, args,
         parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", *args])
 
 
-def test_the_vllm_sampler_is_accepted_under_torchrun(monkeypatch):
-    """One engine per rank (tests/test_distributed_vllm.py runs it); under Ray Train it is still refused."""
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    cfg = parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--sampler", "vllm"])
+@pytest.mark.parametrize("launched, args", [(2, []), (1, ["--num_workers", "2"])], ids=["torchrun", "ray-train"])
+def test_the_vllm_sampler_is_accepted_with_two_ranks(monkeypatch, launched, args):
+    """One engine per rank (tests/test_distributed_vllm.py runs it both ways)."""
+    monkeypatch.setattr(distributed, "world_size", lambda: launched)
+    cfg = parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--sampler", "vllm", *args])
     assert cfg.ttrl.sampler == "vllm"
 
 

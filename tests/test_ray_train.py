@@ -128,7 +128,6 @@ def test_a_killed_ray_train_worker_is_restarted_and_the_run_resumes_from_its_che
     (2, [], "num_workers 2 asks Ray Train to start the ranks, but this process is already one of 2 ranks"),
     (1, ["--rollout_workers", "2"], r"rollout_workers 2 is not supported with num_workers 2 \(Ray Train\)"),
     (1, ["--prompts_per_step", "3"], r"prompts_per_step \(3\) must be a multiple of the number of processes \(2\)"),
-    (1, ["--sampler", "vllm"], r"sampler vllm is not supported with num_workers 2 \(Ray Train\) yet"),
 ])
 def test_what_ray_train_workers_do_not_support_is_refused_at_start_up(monkeypatch, launched, args, message):
     monkeypatch.setattr(distributed, "world_size", lambda: launched)  # as under torchrun, without a process group

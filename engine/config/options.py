@@ -476,9 +476,6 @@ def check_distributed(cfg: Config, selector) -> None:
     if cfg.ttrl.rollout_workers > 1:
         raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
                           "samples its own share of the prompts; use one or the other")
-    if cfg.ttrl.sampler == "vllm" and workers > 1:  # under torchrun each rank builds its own engine (samplers/vllm.py)
-        raise ConfigError(f"sampler vllm is not supported {where} yet (one vLLM engine per Ray Train worker is not "
-                          "tested); launch the ranks with torchrun instead, or use --sampler hf")
     for kind in ("FSDP", "DEEPSPEED"):
         if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true", "yes"):
             raise ConfigError(f"accelerate launch with {kind} is not supported yet: the engine's update, checkpoints "
