@@ -64,3 +64,48 @@ class KillOnceSelector(ParamHashSelector):
                 f.write(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return out
+
+
+class SamplerSyncProbe(ParamHashSelector):
+    """``ParamHashSelector`` that also checks which weights sampled the groups it is handed
+    (tests/test_distributed_vllm.py: one vLLM engine per rank).
+
+    Each rollout carries the sampler's log-probs of its tokens (vLLM's processed log-probs: temperature
+    applied, top-p 1). At ``select_batch`` the policy holds the weights left by the step before — the
+    weights the sampler was synced to before it drew this step's rollouts. The probe recomputes the
+    rollouts' log-probs with the policy and with the base checkpoint on disk, and adds to its line the
+    largest absolute difference to each (``logp_diff_policy``, ``logp_diff_base``) and the ids of the
+    tasks it was handed (``tasks``)."""
+
+    base = None
+
+    def select_batch(self, groups, k, policy):
+        import json
+        import os
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        out = super().select_batch(groups, k, policy)
+        if SamplerSyncProbe.base is None:
+            SamplerSyncProbe.base = AutoModelForCausalLM.from_pretrained(policy.model.config._name_or_path,
+                                                                         dtype=torch.float32).eval()
+        temperature = policy.args.temperature
+        diffs = {"logp_diff_policy": 0.0, "logp_diff_base": 0.0}
+        was_training = policy.model.training
+        policy.model.eval()
+        with torch.no_grad():
+            for group in groups:
+                prompt = list(group.task.prompt_ids)
+                for r in group.rollouts:
+                    ids = torch.tensor([prompt + list(r.token_ids)])
+                    sampled = torch.tensor(r.logprobs)
+                    for key, model in (("logp_diff_policy", policy.model), ("logp_diff_base", SamplerSyncProbe.base)):
+                        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+                        logps = torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
+                        diffs[key] = max(diffs[key], (logps - sampled).abs().max().item())
+        policy.model.train(was_training)
+        rank = int(os.environ.get("RANK", "0"))
+        with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"sync{rank}.jsonl"), "a") as f:
+            f.write(json.dumps({"step": policy.optimizer_steps, "tasks": [g.task.id for g in groups], **diffs}) + "\n")
+        return out

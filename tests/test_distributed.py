@@ -163,7 +163,6 @@ def test_a_two_rank_update_equals_the_one_process_update_of_the_whole_batch(tiny
 @pytest.mark.parametrize("args, message", [
     (["--selector", "influence"], "influence selector filters per-row gradients"),
     (["--rollout_workers", "2"], "rollout_workers 2 is not supported with 2 processes"),
-    (["--sampler", "vllm"], "sampler vllm is not supported with 2 processes"),
     (["--prompts_per_step", "3"], r"prompts_per_step \(3\) must be a multiple of the number of processes \(2\)"),
     (["--prompts_per_step", "2", "--n_train", "2", "--gradient_accumulation_steps", "4"],
      r"gradient_accumulation_steps \(4, per rank\) must divide each rank's rows per step"),
@@ -172,6 +171,14 @@ def test_what_two_ranks_do_not_support_is_refused_at_start_up(monkeypatch, args,
     monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under torchrun, without a process group
     with pytest.raises(ConfigError, match=message):
         parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", *args])
+
+
+@pytest.mark.parametrize("launched, args", [(2, []), (1, ["--num_workers", "2"])], ids=["torchrun", "ray-train"])
+def test_the_vllm_sampler_is_accepted_with_two_ranks(monkeypatch, launched, args):
+    """One engine per rank (tests/test_distributed_vllm.py runs it both ways)."""
+    monkeypatch.setattr(distributed, "world_size", lambda: launched)
+    cfg = parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--sampler", "vllm", *args])
+    assert cfg.ttrl.sampler == "vllm"
 
 
 def test_fsdp_through_accelerate_is_refused_and_one_process_is_untouched(monkeypatch):

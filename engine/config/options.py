@@ -512,9 +512,6 @@ def check_distributed(cfg: Config, selector) -> None:
     if cfg.ttrl.rollout_workers > 1:
         raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
                           "samples its own share of the prompts; use one or the other")
-    if cfg.ttrl.sampler == "vllm":
-        raise ConfigError(f"sampler vllm is not supported {where} yet (one vLLM engine per rank is not built or "
-                          "tested); use --sampler hf, or one process")
     for kind in ("FSDP", "DEEPSPEED"):
         if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true", "yes"):
             raise ConfigError(f"accelerate launch with {kind} is not supported yet: the engine's update, checkpoints "

