@@ -479,11 +479,9 @@ def check_distributed(cfg: Config, selector) -> None:
     if cfg.ttrl.sampler == "vllm":
         raise ConfigError(f"sampler vllm is not supported {where} yet (one vLLM engine per rank is not built or "
                           "tested); use --sampler hf, or one process")
-    for kind in ("FSDP", "DEEPSPEED"):
+    for kind in ("DEEPSPEED",):
         if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true", "yes"):
-            raise ConfigError(f"accelerate launch with {kind} is not supported yet: the engine's update, checkpoints "
-                              "and samplers read the whole model on every rank, so only data-parallel (DDP, "
-                              "accelerate's MULTI_CPU / MULTI_GPU) runs; launch with torchrun or a DDP accelerate config")
+            raise ConfigError(f"accelerate launch with {kind} is not supported yet")
 
 
 def check_trackers(report_to) -> None:
