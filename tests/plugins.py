@@ -42,7 +42,7 @@ class ParamHashSelector:
             digest.update(param.cpu().contiguous().numpy().tobytes())
         rank = int(os.environ.get("RANK", "0"))
         line = {"rank": rank, "pid": os.getpid(), "step": policy.optimizer_steps, "groups": len(groups),
-                "hash": digest.hexdigest()}
+                "hash": digest.hexdigest(), "sharded": bool(getattr(policy, "sharded", False))}
         with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
         return [list(range(k)) for _ in groups]

@@ -479,9 +479,20 @@ def check_distributed(cfg: Config, selector) -> None:
     if cfg.ttrl.sampler == "vllm":
         raise ConfigError(f"sampler vllm is not supported {where} yet (one vLLM engine per rank is not built or "
                           "tested); use --sampler hf, or one process")
-    for kind in ("DEEPSPEED",):
-        if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true", "yes"):
-            raise ConfigError(f"accelerate launch with {kind} is not supported yet")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        raise ConfigError("accelerate launch with DeepSpeed is not supported: ZeRO-3 runs on CUDA only (accelerate "
+                          "does not enable DeepSpeed for a CPU run, so it has no CPU test here) and the engine's "
+                          "checkpoints and sampler sync do not gather ZeRO-3 partitions yet; shard the model with "
+                          "FSDP instead (accelerate launch --config_file engine/config/accelerate/fsdp.yaml ...)")
+    if distributed.fsdp():
+        version = os.environ.get("FSDP_VERSION", "1")
+        if version != "2":
+            raise ConfigError(f"FSDP version {version} is not supported: the engine runs FSDP2 (torch fully_shard) "
+                              "only; set fsdp_version: 2 in the accelerate config (engine/config/accelerate/fsdp.yaml)")
+        if cfg.model.lora:
+            raise ConfigError("lora with FSDP is not supported: sharding a PEFT model, and merging its adapter into "
+                              "the sampler's copy from shards, is not built; FSDP is for full fine-tuning "
+                              "(--lora false), and a LoRA run needs no sharding (its base is frozen: use DDP)")
 
 
 def check_trackers(report_to) -> None:
