@@ -28,6 +28,8 @@ the real models' shapes (``benchmarks.memory.REAL_MODELS``):
   bytes; pessimistic: under bf16 autocast the logits are half that);
 * checkpointed activations: one bf16 hidden state per layer per token (gradient checkpointing on, as
   the GPU recipes set it);
+* under FSDP, the transformers sampler's own whole bf16 copy of the model (2 bytes per parameter, not
+  sharded: ``docs/scale.md``), and the full fine-tune's KL reference kept float32 (4 bytes / N);
 * 10% for the CUDA context, the allocator's fragmentation and collective buffers.
 
 DDP replicates everything; FSDP (full shard) and ZeRO-3 shard the trainable state and the frozen weights
@@ -85,7 +87,10 @@ def per_gpu_gb(model: str, options: dict, lora: bool, strategy: str, gpus: int) 
     terms = {  # bytes, per GPU
         "trainable_state_gb": 16 * trainable / shard,
         "ddp_buckets_gb": 4 * trainable if strategy == "ddp" and gpus > 1 else 0.0,
-        "frozen_bf16_gb": 2 * p / shard,
+        # Under FSDP the full fine-tune's KL reference stays float32, sharded (FSDP casts it for compute).
+        "frozen_bf16_gb": (4 if strategy == "fsdp" and not lora else 2) * p / shard,
+        # FSDP: the transformers sampler's own whole bf16 copy (engine/samplers/hf.py, own_copy).
+        "sampler_copy_gb": 2 * p if strategy == "fsdp" else 0.0,
         "gathered_layer_gb": 2 * 2 * (p - s["vocab"] * s["hidden"]) / s["layers"] if shard > 1 else 0.0,
         "logits_gb": rows * tokens * s["vocab"] * 8,
         "activations_gb": rows * tokens * s["hidden"] * s["layers"] * 2,

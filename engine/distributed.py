@@ -47,13 +47,39 @@ def launched() -> bool:
     return world_size() > 1
 
 
-def init(cpu: bool) -> None:
-    """Initialise the process group the launcher describes, through accelerate (as TRL's trainer would
-    later), so that the CLI can wait on rank 0 before any model loads. ``cpu``: gloo even where CUDA is."""
-    if launched() and not (dist.is_available() and dist.is_initialized()):
-        from accelerate import PartialState
+def fsdp() -> bool:
+    """Launched with FSDP: ``accelerate launch`` with a ``distributed_type: FSDP`` config (such as the shipped
+    ``engine/config/accelerate/fsdp.yaml``) says so in ACCELERATE_USE_FSDP, the variable accelerate itself reads."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
 
-        PartialState(cpu=cpu)
+
+def init(cpu: bool, mixed_precision: str = "no") -> None:
+    """Initialise the process group the launcher describes, through accelerate (as TRL's trainer would
+    later), so that the CLI can wait on rank 0 before any model loads. ``cpu``: gloo even where CUDA is.
+
+    FSDP on CPU: accelerate 1.15 turns FSDP on only for accelerator devices (``AcceleratorState`` lists
+    MULTI_GPU, MULTI_XPU, ... and not MULTI_CPU), so under ``accelerate launch`` with an FSDP config a gloo
+    run silently falls back to DDP. torch's ``fully_shard`` (FSDP2) does run on gloo, so on CPU this sets
+    the state accelerate sets on a GPU — distributed type FSDP, the plugin read from the launcher's
+    FSDP_* variables, its mixed precision — before TRL's trainer builds its ``Accelerator`` from it.
+    Everything after (``accelerator.prepare`` sharding the model, FSDP2 mixed precision) is accelerate's own."""
+    if not launched():
+        return
+    from accelerate import PartialState
+
+    PartialState(cpu=cpu)  # the process group (already there when TrainingArguments made it: shared state)
+    if not (cpu and fsdp()):
+        return
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    state = AcceleratorState(cpu=True, mixed_precision=mixed_precision, dynamo_plugin=TorchDynamoPlugin(),
+                             _from_accelerator=True)
+    state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState's own __init__ ends
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
 
 
 def barrier() -> None:

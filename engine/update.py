@@ -156,8 +156,8 @@ class GRPOPolicy:
         for param in model.parameters():      # float32 masters for whatever the optimizer updates
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
-        if trainer.ref_model is not None:     # the frozen KL reference needs no float32 copy
-            trainer.ref_model.to(compute_dtype)
+        if trainer.ref_model is not None and not self.sharded:  # the frozen KL reference needs no float32 copy
+            trainer.ref_model.to(compute_dtype)  # (under FSDP it is sharded, and its mixed precision casts it)
         if lora is not None and lora.lora_dropout > 0:
             # TRL's disable_dropout ran after PEFT and zeroed the adapter's dropout too; the user asked for it.
             for name, module in model.named_modules():  # PEFT's ...lora_dropout.<adapter> Dropout modules
@@ -191,6 +191,12 @@ class GRPOPolicy:
         """End of the run: trackers flush and close (TensorBoard's writer, a W&B run)."""
         for tracker in self.trackers:
             tracker.on_train_end(self.args, self.trainer.state, self.trainer.control, model=self.trainer.model)
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP (``accelerate launch`` with an FSDP config): each rank holds a shard of every weight, gradient
+        and optimizer moment, so reading the whole model (checkpoints, the sampler's copy) is a collective."""
+        return bool(self.trainer.is_fsdp_enabled)
 
     @property
     def optimizer_steps(self) -> int:
@@ -316,22 +322,46 @@ class GRPOPolicy:
 
     def state_dict(self) -> dict:
         """Everything an update depends on, for checkpoints: trainable weights (the frozen base stays on
-        disk), TRL's optimizer and scheduler, and the trainer's counters."""
+        disk), TRL's optimizer and scheduler, and the trainer's counters.
+
+        Under FSDP every rank must call it (gathering the shards is a collective) and rank 0 alone gets the
+        whole weights and optimizer state, on CPU, keyed as in one process (torch's full-state-dict API)."""
         trainer = self.trainer
-        return {"weights": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
-                "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            full = get_model_state_dict(self.model, options=options)
+            weights = {n: full[n] for n in names if n in full}
+            optimizer = get_optimizer_state_dict(self.model, trainer.optimizer.optimizer, options=options)
+        else:
+            params = dict(self.model.named_parameters())
+            weights = {n: params[n].detach().cpu() for n in names}
+            optimizer = trainer.optimizer.state_dict()
+        return {"weights": weights, "optimizer": optimizer, "scheduler": trainer.lr_scheduler.state_dict(),
                 "counters": {k: getattr(trainer.state, k) for k in self._COUNTERS}, "micro_step": trainer._step}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` gave; under FSDP every rank passes the whole state and keeps its shard."""
         params = dict(self.model.named_parameters())
         unknown = sorted(set(state["weights"]) - set(params))
         if unknown:
             raise ValueError(f"the checkpoint holds weights this model does not have: {unknown[:5]}")
-        with torch.no_grad():
-            for name, value in state["weights"].items():
-                params[name].copy_(value.to(params[name].device))
         trainer = self.trainer
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            options = StateDictOptions(full_state_dict=True, strict=False)  # strict: buffers are not saved
+            set_model_state_dict(self.model, state["weights"], options=options)
+            set_optimizer_state_dict(self.model, trainer.optimizer.optimizer, state["optimizer"], options=options)
+        else:
+            with torch.no_grad():
+                for name, value in state["weights"].items():
+                    params[name].copy_(value.to(params[name].device))
+            trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.lr_scheduler.load_state_dict(state["scheduler"])
         for key, value in state["counters"].items():
             setattr(trainer.state, key, value)
@@ -355,9 +385,28 @@ def normaliser_weights(loss_type: str, completion_mask: torch.Tensor) -> torch.T
                      f"known: {', '.join(TOKEN_NORMALISED + ROW_NORMALISED)}")
 
 
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The whole ``model``'s state on this rank: its own ``state_dict()``, or, when its parameters are FSDP
+    shards (DTensors), the full tensors all-gathered onto every rank (torch's full-state-dict API; a
+    collective every rank must join). What a sampler holding its own copy of the policy loads."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
 def trainable_parameters(model) -> dict[str, torch.Tensor]:
-    """Copies of the parameters the update may change (the LoRA ones under PEFT)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Copies of the parameters the update may change (the LoRA ones under PEFT), whole under FSDP too."""
+    from torch.distributed.tensor import DTensor
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if any(isinstance(p, DTensor) for p in params.values()):
+        full = full_state_dict(model)
+        return {n: full[n].detach().clone() for n in params}
+    return {n: p.detach().clone() for n, p in params.items()}
 
 
 def accumulation_unit(gradient_accumulation_steps: int, n_train: int, ranks: int = 1) -> int:

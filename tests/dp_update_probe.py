@@ -1,7 +1,7 @@
 """One GRPO update on a fixed batch of whole groups, for tests/test_distributed.py's data-parallel check.
 
 Run as ``python tests/dp_update_probe.py MODEL OUT`` (one process: the whole batch) or under
-``torchrun --nproc_per_node N`` (rank r trains on its contiguous share of the groups, as ``engine.loop``
+``torchrun --nproc_per_node N`` or ``accelerate launch`` with an FSDP config (rank r trains on its contiguous share of the groups, as ``engine.loop``
 hands it). Each rank writes its trainable weights before and after the step to ``OUT/rank<r>.safetensors``.
 SGD, not Adam: a step is then ``-lr * gradient``, so comparing steps compares gradients (Adam's first
 step is about ``lr * sign(gradient)``, which flips on rounding wherever a gradient is near zero).
@@ -54,7 +54,8 @@ def main(model: str, out: str) -> None:
     tensors = {f"before/{k}": v.contiguous() for k, v in before.items()}
     tensors.update({f"after/{k}": v.contiguous() for k, v in after.items()})
     Path(out).mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(Path(out) / f"rank{distributed.rank()}.safetensors"))
+    save_file(tensors, str(Path(out) / f"rank{distributed.rank()}.safetensors"),
+              metadata={"sharded": str(policy.sharded)})  # FSDP (accelerate launch with an FSDP config)
 
 
 if __name__ == "__main__":

@@ -34,14 +34,15 @@ class ParamHashSelector:
         import json
         import os
 
+        from engine.update import trainable_parameters
+
         digest = hashlib.sha256()
-        for name, param in sorted(policy.model.named_parameters()):
-            if param.requires_grad:
-                digest.update(name.encode())
-                digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        for name, param in sorted(trainable_parameters(policy.model).items()):  # whole, gathered under FSDP
+            digest.update(name.encode())
+            digest.update(param.cpu().contiguous().numpy().tobytes())
         rank = int(os.environ.get("RANK", "0"))
         line = {"rank": rank, "pid": os.getpid(), "step": policy.optimizer_steps, "groups": len(groups),
-                "hash": digest.hexdigest()}
+                "hash": digest.hexdigest(), "sharded": bool(getattr(policy, "sharded", False))}
         with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
         return [list(range(k)) for _ in groups]

@@ -181,10 +181,10 @@ def test_the_vllm_sampler_is_accepted_with_two_ranks(monkeypatch, launched, args
     assert cfg.ttrl.sampler == "vllm"
 
 
-def test_fsdp_through_accelerate_is_refused_and_one_process_is_untouched(monkeypatch):
+def test_deepspeed_through_accelerate_is_refused_and_one_process_is_untouched(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ConfigError, match="FSDP is not supported yet"):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed is not supported: ZeRO-3 runs on CUDA only"):
         parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4"])
     monkeypatch.setattr(distributed, "world_size", lambda: 1)
     cfg = parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--selector", "influence"])

@@ -82,6 +82,13 @@ def build(cfg: Config):
         from engine.samplers.vllm import make_vllm_sampler
 
         sampler = make_vllm_sampler(cfg, model_path, tokenizer, policy.model)
+    elif policy.sharded:  # FSDP: the sampler generates from its own whole copy (HFSampler.load_weights)
+        from transformers import AutoModelForCausalLM
+
+        compute = "bfloat16" if g.bf16 else "float16" if g.fp16 else "float32"
+        copy = AutoModelForCausalLM.from_pretrained(model_path, dtype=compute)
+        sampler = HFSampler(copy, tokenizer, batch_size=cfg.ttrl.sampler_batch_size, progress=cfg.ttrl.progress,
+                            own_copy=True)
     else:
         sampler = HFSampler(policy.model, tokenizer, batch_size=cfg.ttrl.sampler_batch_size,
                             progress=cfg.ttrl.progress)

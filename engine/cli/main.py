@@ -125,7 +125,7 @@ def cmd_run(argv: list[str]) -> int:
     out_dir = Path(cfg.grpo.output_dir)
     if cfg.ttrl.num_workers > 1:  # this process is the driver; Ray Train's workers run the ranks
         return run_with_ray_train(cfg, argv, resume)
-    distributed.init(cpu=cfg.grpo.use_cpu)  # torchrun: the process group, through accelerate, before any wait
+    distributed.init(cpu=cfg.grpo.use_cpu, mixed_precision=cfg.grpo.mixed_precision)  # torchrun: the process group, through accelerate, before any wait
     if (out_dir / "summary.json").exists():
         if distributed.is_main():
             print(f"ttrl run: {out_dir} holds a finished run (summary.json); nothing to do. "

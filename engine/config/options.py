@@ -512,11 +512,20 @@ def check_distributed(cfg: Config, selector) -> None:
     if cfg.ttrl.rollout_workers > 1:
         raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
                           "samples its own share of the prompts; use one or the other")
-    for kind in ("FSDP", "DEEPSPEED"):
-        if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true", "yes"):
-            raise ConfigError(f"accelerate launch with {kind} is not supported yet: the engine's update, checkpoints "
-                              "and samplers read the whole model on every rank, so only data-parallel (DDP, "
-                              "accelerate's MULTI_CPU / MULTI_GPU) runs; launch with torchrun or a DDP accelerate config")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        raise ConfigError("accelerate launch with DeepSpeed is not supported: ZeRO-3 runs on CUDA only (accelerate "
+                          "does not enable DeepSpeed for a CPU run, so it has no CPU test here) and the engine's "
+                          "checkpoints and sampler sync do not gather ZeRO-3 partitions yet; shard the model with "
+                          "FSDP instead (accelerate launch --config_file engine/config/accelerate/fsdp.yaml ...)")
+    if distributed.fsdp():
+        version = os.environ.get("FSDP_VERSION", "1")
+        if version != "2":
+            raise ConfigError(f"FSDP version {version} is not supported: the engine runs FSDP2 (torch fully_shard) "
+                              "only; set fsdp_version: 2 in the accelerate config (engine/config/accelerate/fsdp.yaml)")
+        if cfg.model.lora:
+            raise ConfigError("lora with FSDP is not supported: sharding a PEFT model, and merging its adapter into "
+                              "the sampler's copy from shards, is not built; FSDP is for full fine-tuning "
+                              "(--lora false), and a LoRA run needs no sharding (its base is frozen: use DDP)")
 
 
 def check_trackers(report_to) -> None:

@@ -19,7 +19,8 @@ _LOGS = "the engine logs one metrics row per step (metrics.jsonl, and --report_t
 _DATA = "there is no dataloader: the engine hands TRL its batches directly"
 _HUB = "the engine saves the adapter or weights to the run directory; push that folder yourself"
 _DISTRIBUTED = ("the engine is data-parallel through accelerate itself: launch `ttrl run` with torchrun --nproc_per_node N "
-                "or accelerate launch (DDP); FSDP and DeepSpeed ZeRO through accelerate configs are not supported yet")
+                "or accelerate launch (DDP); for FSDP launch with the shipped accelerate config, accelerate launch "
+                "--config_file engine/config/accelerate/fsdp.yaml -m engine.cli.main run ...; DeepSpeed is not supported")
 _DERIVED = "set by the engine from n_train, prompts_per_step and gradient_accumulation_steps"
 
 REFUSED: dict[str, str] = {

@@ -26,7 +26,8 @@ checks this with a SIGKILL mid-run). The vLLM sampler's engine RNG lives in its 
 captured: a resumed vLLM run continues correctly but samples different rollouts from that point on.
 
 A run of N ranks (torchrun) is checkpointed by rank 0 alone: the policy state is the same on every rank
-(DDP keeps the replicas equal), the loop state is the same by construction (``engine.loop``), and every
+(DDP keeps the replicas equal; under FSDP every rank joins the gather of the shards and rank 0 writes
+the whole state, in the same layout as one process), the loop state is the same by construction (``engine.loop``), and every
 rank's RNG states, gathered, go in beside ``world_size``. Each rank restores its own on resume; resuming
 on another number of ranks is refused (``CheckpointError`` naming both sizes): the ranks' sampling
 streams cannot be split or merged.
@@ -64,10 +65,12 @@ def rng_states(rng: random.Random) -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict, other_ranks: list[dict] | tuple = ()) -> dict[str, float]:
+def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict, other_ranks: list[dict] | tuple = (),
+         policy_state: dict | None = None) -> dict[str, float]:
     """Write the checkpoint for the step just finished; returns ``checkpoint/seconds`` and ``checkpoint/mb``.
 
-    ``other_ranks``: the ``rng_states`` of ranks 1 .. N-1 of a distributed run, in rank order (this is rank 0)."""
+    ``other_ranks``: the ``rng_states`` of ranks 1 .. N-1 of a distributed run, in rank order (this is rank 0).
+    ``policy_state``: ``policy.state_dict()`` already taken (FSDP: every rank joined the gather), else taken here."""
     start = time.perf_counter()
     final, old = out_dir / NAME, out_dir / f"{NAME}.old"
     for stale in out_dir.glob(f".{NAME}.tmp-*"):  # left by a save that was killed
@@ -75,7 +78,7 @@ def save(out_dir: Path, *, policy, rng: random.Random, loop_state: dict, other_r
     tmp = out_dir / f".{NAME}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
     state = {
-        "policy": policy.state_dict(),
+        "policy": policy.state_dict() if policy_state is None else policy_state,
         "rng": rng_states(rng),
         "world_size": 1 + len(other_ranks),
         "rng_other_ranks": list(other_ranks),

@@ -148,6 +148,8 @@ class RunRecord:
     def save_checkpoint(self) -> None:
         """Every rank gives its RNG states; rank 0 writes the checkpoint while the others wait for it."""
         rngs = distributed.all_gather(checkpoint.rng_states(self.rng))
+        # FSDP: the policy's state is in shards on every rank, and gathering it is a collective they all join.
+        policy_state = self.policy.state_dict() if getattr(self.policy, "sharded", False) else None
         if not self.writes:
             distributed.barrier()
             return
@@ -157,7 +159,7 @@ class RunRecord:
                       "filters": {s.name: s.fn.state_dict() for s in self.filters if hasattr(s.fn, "state_dict")},
                       "watchers": {name: watcher.state_dict() for name, watcher in self.watchers.items()}}
         cost = checkpoint.save(self.out_dir, policy=self.policy, rng=self.rng, loop_state=loop_state,
-                               other_ranks=rngs[1:])
+                               other_ranks=rngs[1:], policy_state=policy_state)
         distributed.barrier()
         self.saves.update(count=self.saves["count"] + 1, seconds=self.saves["seconds"] + cost["checkpoint/seconds"],
                           mb=cost["checkpoint/mb"])

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from engine.samplers.common import eos_ids
+from engine.update import full_state_dict
 from engine.types import Rollout, RolloutGroup, SamplingParams, Task
 
 
@@ -62,8 +63,9 @@ class HFSampler:
     more samples than ``batch_size`` is sampled in several calls (its group is still one group).
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 256, progress: bool = True):
+    def __init__(self, model, tokenizer, *, batch_size: int = 256, progress: bool = True, own_copy: bool = False):
         self.model = model
+        self.own_copy = own_copy
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
@@ -71,8 +73,15 @@ class HFSampler:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     def load_weights(self, model) -> None:
-        """Point at the updated policy. Same process and same module: nothing to copy."""
-        self.model = model
+        """Point at the updated policy: same process and same module, nothing to copy. A sampler built
+        with ``own_copy`` (FSDP: the policy's weights are shards, and generating from them would make every
+        decoding step a collective that ranks sampling different prompts cannot keep in step) loads the
+        whole weights, gathered from the shards on every rank, into its own copy instead."""
+        if not self.own_copy:
+            self.model = model
+            return
+        with torch.no_grad():
+            self.model.load_state_dict(full_state_dict(model))
 
     @torch.inference_mode()
     def generate(self, tasks: list[Task], params: SamplingParams, desc: str = "sample") -> list[RolloutGroup]:
