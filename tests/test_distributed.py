@@ -186,6 +186,7 @@ def test_deepspeed_through_accelerate_is_refused_and_one_process_is_untouched(mo
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed is not supported: ZeRO-3 runs on CUDA only"):
         parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4"])
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setattr(distributed, "world_size", lambda: 1)
     cfg = parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--selector", "influence"])
     assert cfg.grpo.per_device_train_batch_size == 4 * 8

@@ -197,6 +197,7 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
     """
     from trl import GRPOConfig
 
+    check_deepspeed()  # before GRPOConfig, which would fail on the launcher's DeepSpeed variables first
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     known = {a.dest for a in parser._actions if a.dest != "help"}
@@ -512,11 +513,6 @@ def check_distributed(cfg: Config, selector) -> None:
     if cfg.ttrl.rollout_workers > 1:
         raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
                           "samples its own share of the prompts; use one or the other")
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
-        raise ConfigError("accelerate launch with DeepSpeed is not supported: ZeRO-3 runs on CUDA only (accelerate "
-                          "does not enable DeepSpeed for a CPU run, so it has no CPU test here) and the engine's "
-                          "checkpoints and sampler sync do not gather ZeRO-3 partitions yet; shard the model with "
-                          "FSDP instead (accelerate launch --config_file engine/config/accelerate/fsdp.yaml ...)")
     if distributed.fsdp():
         version = os.environ.get("FSDP_VERSION", "1")
         if version != "2":
@@ -526,6 +522,15 @@ def check_distributed(cfg: Config, selector) -> None:
             raise ConfigError("lora with FSDP is not supported: sharding a PEFT model, and merging its adapter into "
                               "the sampler's copy from shards, is not built; FSDP is for full fine-tuning "
                               "(--lora false), and a LoRA run needs no sharding (its base is frozen: use DDP)")
+
+
+def check_deepspeed() -> None:
+    """``accelerate launch`` with a DeepSpeed config is refused, saying why (docs/scale.md)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        raise ConfigError("accelerate launch with DeepSpeed is not supported: ZeRO-3 runs on CUDA only (accelerate "
+                          "does not enable DeepSpeed for a CPU run, so it has no CPU test here) and the engine's "
+                          "checkpoints and sampler sync do not gather ZeRO-3 partitions yet; shard the model with "
+                          "FSDP instead (accelerate launch --config_file engine/config/accelerate/fsdp.yaml ...)")
 
 
 def check_trackers(report_to) -> None:
