@@ -66,6 +66,11 @@ def arithmetic_tasks(n: int, *, op: str = "+", low: int = 0, high: int = 9,
             for a, b in chosen]
 
 
+def generated_path(data: str, cache_dir: str | Path | None = None) -> str:
+    """``data`` itself, or the tasks file when ``data`` names a built-in generated task (:data:`GENERATED`)."""
+    return str(write_generated(data, cache_dir)) if data in GENERATED else data
+
+
 def write_generated(name: str, cache_dir: str | Path | None = None) -> Path:
     """The JSON-lines file of built-in task ``name`` (written once into the cache; ``id``/``prompt``/``answer``)."""
     spec = GENERATED[name]
