@@ -36,7 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 RECIPE = ["--model", "smollm2-135m", "--suite", "arith-add-1d", "--sampler", "vllm",
           "--n_votes", "16", "--n_train", "4", "--prompts_per_step", "8", "--episodes", "1",
           "--temperature", "0.8", "--max_completion_length", "24",
-          "--lora", "true", "--lora_r", "16", "--learning_rate", "2e-4", "--beta", "0.02",
+          "--lora", "true", "--lora_r", "16", "--learning_rate", "3e-4", "--beta", "0.02",
           "--eval_k", "8", "--eval_temperature", "0.8", "--eval_max_tokens", "24",
           "--save_every", "0", "--progress", "false"]
 ARMS: dict[str, list[str]] = {
