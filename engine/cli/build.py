@@ -31,7 +31,9 @@ def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
         if data == "demo":
             data = str(demo_tasks)
             template = template or DEMO_TEMPLATE
-    return model, data, template
+    from engine.data.arithmetic import generated_path
+
+    return model, generated_path(data), template
 
 
 def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None):

@@ -320,7 +320,9 @@ def eval_completions(cfg) -> int:
         from engine.data.demo import build_demo
 
         data = str(build_demo(log=print)[1])
-    tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
+    from engine.data.arithmetic import generated_path
+
+    tasks = load_tasks(generated_path(data), prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
                        split=d.split, limit=d.limit, data_dir=d.data_dir)
     completions = read_completions(cfg.eval.completions, {t.id for t in tasks})
     result = grade_completions(tasks, completions, answer_type=cfg.ttrl.answer_type)

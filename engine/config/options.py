@@ -48,8 +48,8 @@ class ModelArgs:
 
 @dataclass
 class DataArgs:
-    data: str = _f("demo", "Test prompts: 'demo', a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
-    suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, demo; see engine.data.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
+    data: str = _f("demo", "Test prompts: 'demo', a generated task (arith-add-1d; engine.data.arithmetic), a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
+    suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, arith-add-1d, demo; see engine.data.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
     data_dir: str | None = _f(None, "Folder to look relative data paths up in.")
     split: str = _f("test", "Split to load from a hub dataset.")
     prompt_field: str | None = _f(None, "Field holding the question (default: prompt, problem, question, input, ...).")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.data.arithmetic import GENERATED, generated_path
 from engine.errors import ConfigError
 from engine.data.yaml_file import read_mapping
 
@@ -81,8 +82,8 @@ class Suite:
 
         Raises :class:`SuiteError` naming the suite and the path when a local file is missing.
         """
-        if self.source == DEMO_SOURCE:
-            return DEMO_SOURCE
+        if self.source == DEMO_SOURCE or self.source in GENERATED:
+            return self.source
         if self.source is None:
             if self.hub_id is None:
                 raise SuiteError(f"suite {self.name!r} names neither a source file nor a hub_id")
@@ -126,7 +127,7 @@ class Suite:
             from engine.data.demo import build_demo
 
             data = str(build_demo()[1])
-        return load_tasks(data, prompt_field=self.prompt_field, label_field=self.label_field,
+        return load_tasks(generated_path(data), prompt_field=self.prompt_field, label_field=self.label_field,
                           id_field=self.id_field, split=self.hub_split, limit=self.limit)
 
 
@@ -156,6 +157,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     _mawps("mawps-multiarith", "multiarith"),
     Suite("gsm8k", hub_id="openai/gsm8k:main", hub_split="test", answer_type="number",
           description="GSM8K test set from the hub (question / answer with a '#### N' tail); needs internet"),
+    Suite("arith-add-1d", source="arith-add-1d", answer_type="number", template="{question} Answer with just the number.",
+          eval_k=16, eval_temperature=0.8, eval_max_tokens=24,
+          description="64 generated single-digit sums 'What is a + b?' (engine.data.arithmetic): a task SmolLM2-135M's vote "
+                      "is often right on (benchmarks/results/real_task_search.md)"),
     Suite("demo", source=DEMO_SOURCE, eval_k=16, eval_temperature=None,
           description="the engine's built-in 5-digit addition task for its demo model (engine.data.demo)"),
 ]}
