@@ -316,10 +316,10 @@ def eval_completions(cfg) -> int:
 
     d = cfg.data
     data = d.data
-    if data == "demo":
-        from engine.data.demo import build_demo
+    from engine.data.demo import DEMOS, build_demo
 
-        data = str(build_demo(log=print)[1])
+    if data in DEMOS:
+        data = str(build_demo(log=print, variant=data)[1])
     tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
                        split=d.split, limit=d.limit, data_dir=d.data_dir)
     completions = read_completions(cfg.eval.completions, {t.id for t in tasks})
