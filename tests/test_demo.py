@@ -4,6 +4,7 @@ default build uses the shipped weights, checked by their hash."""
 
 import itertools
 import json
+from pathlib import Path
 
 from engine.data import demo
 
@@ -135,3 +136,18 @@ def test_demo_systematic_vote_is_confidently_wrong_on_the_poisoned_class(tmp_pat
     # measured on AVX2 (seed 0 of this sampler): 0.56 / 0.21 on 61 poisoned prompts, 0.78 on the other 67
     assert dropped_wins > 0.45 and right_on_poisoned < 0.35
     assert right_on_rest > 0.65
+
+
+def test_demo_systematic_is_a_model_and_data_name_with_the_demo_preset(tmp_path, monkeypatch):
+    """``--model demo-systematic`` gets the demo preset, and the CLI builds the variant's model (its own
+    cache folder, its shipped weights) with the demo's prompts and template."""
+    from engine.cli.build import resolve_model_and_data
+    from engine.config.options import parse_config
+
+    monkeypatch.setenv("TTRL_CACHE", str(tmp_path))
+    cfg = parse_config(["--model", "demo-systematic", "--data", "demo-systematic", "--output_dir", str(tmp_path / "run")])
+    assert (cfg.ttrl.n_votes, cfg.grpo.learning_rate) == (demo.DEMO_SETTINGS["n_votes"], demo.DEMO_SETTINGS["learning_rate"])
+    model, data, template = resolve_model_and_data(cfg)
+    assert (Path(model) / "model.safetensors").read_bytes() == demo.SYSTEMATIC_WEIGHTS.read_bytes()
+    assert Path(model).parent.name.startswith("demo-systematic-") and template == demo.DEMO_TEMPLATE
+    assert [json.loads(line) for line in Path(data).read_text().splitlines()] == demo.demo_tasks()
