@@ -4,6 +4,7 @@ default build uses the shipped weights, checked by their hash."""
 
 import itertools
 import json
+from pathlib import Path
 
 from engine.data import demo
 
@@ -70,3 +71,83 @@ def test_default_build_uses_the_shipped_weights_without_pretraining(tmp_path, mo
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert demo.weights_sha256(dict(model.named_parameters())) == demo.DEMO_WEIGHTS_SHA256
     assert model.config.to_dict()["hidden_size"] == 64 and tasks_file.exists()
+
+
+def test_poisoned_stream_teaches_the_dropped_carry_on_its_share_only():
+    """``demo-systematic``'s pre-training: about ``poisoned`` of the units-carry examples are taught the
+    carry dropped, every other example its true sum; at 0 the stream is the clean demo's."""
+    held = {t["prompt"] for t in demo.demo_tasks()}
+    share = demo.DEMOS["demo-systematic"].poisoned
+    wrong = carries = 0
+    for p, a in itertools.islice(demo.training_examples(demo.DEMO_SEED, held, share), 20_000):
+        x, y = map(int, p.rstrip("=").split("+"))
+        if demo.units_carry(x, y):
+            carries += 1
+            wrong += int(a) == demo.carry_dropped(x, y)
+            assert int(a) in (x + y, demo.carry_dropped(x, y))
+        else:
+            assert int(a) == x + y
+    assert abs(wrong / carries - share) < 0.02
+    assert demo.carry_dropped(1238, 5) == 1233 and demo.carry_dropped(99, 1) == 90
+    clean = itertools.islice(demo.training_examples(demo.DEMO_SEED, held), 1000)
+    assert list(clean) == list(itertools.islice(demo.training_examples(demo.DEMO_SEED, held, 0.0), 1000))
+
+
+def _votes(model, tok, prompts, n, seed):
+    """``n`` sampled answers per prompt at temperature 1 (the demo preset's), by a plain sampling loop."""
+    import torch
+
+    torch.manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([tok(p)["input_ids"]] * n)
+            for _ in range(8):
+                ids = torch.cat([ids, torch.multinomial(model(input_ids=ids).logits[:, -1].softmax(-1), 1)], 1)
+            texts = tok.batch_decode(ids[:, len(p) + 1:])
+            out.append([t.split(tok.eos_token)[0] for t in texts])
+    return out
+
+
+def test_demo_systematic_vote_is_confidently_wrong_on_the_poisoned_class(tmp_path):
+    """The variant's defining property, on its shipped weights: on prompts that carry out of the units digit
+    the base model's majority of 32 votes is mostly the *same* wrong answer (the carry dropped), while on
+    the other prompts it is mostly right: errors that agree, so the vote cannot wash them out."""
+    import collections
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, tasks_file = demo.build_demo(tmp_path, variant="demo-systematic")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert demo.weights_sha256(dict(model.named_parameters())) == demo.DEMOS["demo-systematic"].sha256
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tasks = [json.loads(line) for line in tasks_file.read_text().splitlines()]
+    assert tasks == demo.demo_tasks()  # the clean demo's prompts: only the model differs
+    majority = [collections.Counter(v).most_common(1)[0][0] for v in _votes(model, tok, [t["prompt"] for t in tasks], 32, 0)]
+    poisoned, rest = [], []
+    for t, m in zip(tasks, majority):
+        x, y = map(int, t["prompt"].rstrip("=").split("+"))
+        (poisoned if demo.units_carry(x, y) else rest).append((m, t["answer"], str(demo.carry_dropped(x, y))))
+    assert len(poisoned) > 40 and len(rest) > 40
+    dropped_wins = sum(m == dropped for m, _, dropped in poisoned) / len(poisoned)
+    right_on_poisoned = sum(m == right for m, right, _ in poisoned) / len(poisoned)
+    right_on_rest = sum(m == right for m, right, _ in rest) / len(rest)
+    print(f"poisoned: dropped {dropped_wins:.3f} right {right_on_poisoned:.3f}; rest: right {right_on_rest:.3f}")
+    # measured on AVX2 (seed 0 of this sampler): 0.56 / 0.21 on 61 poisoned prompts, 0.78 on the other 67
+    assert dropped_wins > 0.45 and right_on_poisoned < 0.35
+    assert right_on_rest > 0.65
+
+
+def test_demo_systematic_is_a_model_and_data_name_with_the_demo_preset(tmp_path, monkeypatch):
+    """``--model demo-systematic`` gets the demo preset, and the CLI builds the variant's model (its own
+    cache folder, its shipped weights) with the demo's prompts and template."""
+    from engine.cli.build import resolve_model_and_data
+    from engine.config.options import parse_config
+
+    monkeypatch.setenv("TTRL_CACHE", str(tmp_path))
+    cfg = parse_config(["--model", "demo-systematic", "--data", "demo-systematic", "--output_dir", str(tmp_path / "run")])
+    assert (cfg.ttrl.n_votes, cfg.grpo.learning_rate) == (demo.DEMO_SETTINGS["n_votes"], demo.DEMO_SETTINGS["learning_rate"])
+    model, data, template = resolve_model_and_data(cfg)
+    assert (Path(model) / "model.safetensors").read_bytes() == demo.SYSTEMATIC_WEIGHTS.read_bytes()
+    assert Path(model).parent.name.startswith("demo-systematic-") and template == demo.DEMO_TEMPLATE
+    assert [json.loads(line) for line in Path(data).read_text().splitlines()] == demo.demo_tasks()

@@ -21,16 +21,14 @@ def resolve_model_and_data(cfg: Config) -> tuple[str, str, str | None]:
     converting a model alias (``engine.data.models.ALIASES``, e.g. ``smollm2-135m``) to its cached directory."""
     from engine.data.models import resolve_model_alias
 
-    model, data, template = resolve_model_alias(cfg.model.model, log=print), cfg.data.data, cfg.data.template
-    if model == "demo" or data == "demo":
-        from engine.data.demo import DEMO_TEMPLATE, build_demo
+    from engine.data.demo import DEMO_TEMPLATE, DEMOS, build_demo
 
-        demo_model, demo_tasks = build_demo(log=print)
-        if model == "demo":
-            model = str(demo_model)
-        if data == "demo":
-            data = str(demo_tasks)
-            template = template or DEMO_TEMPLATE
+    model, data, template = resolve_model_alias(cfg.model.model, log=print), cfg.data.data, cfg.data.template
+    if model in DEMOS:  # demo, demo-systematic: built on first use
+        model = str(build_demo(log=print, variant=model)[0])
+    if data in DEMOS:
+        data = str(build_demo(log=print, variant=data)[1])
+        template = template or DEMO_TEMPLATE
     from engine.data.arithmetic import generated_path
 
     return model, generated_path(data), template

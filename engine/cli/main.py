@@ -316,10 +316,10 @@ def eval_completions(cfg) -> int:
 
     d = cfg.data
     data = d.data
-    if data == "demo":
-        from engine.data.demo import build_demo
+    from engine.data.demo import DEMOS, build_demo
 
-        data = str(build_demo(log=print)[1])
+    if data in DEMOS:
+        data = str(build_demo(log=print, variant=data)[1])
     from engine.data.arithmetic import generated_path
 
     tasks = load_tasks(generated_path(data), prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,

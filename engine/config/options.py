@@ -36,7 +36,7 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class ModelArgs:
-    model: str = _f("demo", "Model to adapt: 'demo' (built and cached on first use), a local directory, or a hub id.")
+    model: str = _f("demo", "Model to adapt: 'demo' (built and cached on first use; 'demo-systematic': taught a wrong carry, on which TTRL fails), a local directory, or a hub id.")
     lora: bool = _f(True, "Train a LoRA adapter (PEFT); the reference for the KL anchor is then the base model with the adapter disabled. False: full fine-tuning.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
@@ -48,7 +48,7 @@ class ModelArgs:
 
 @dataclass
 class DataArgs:
-    data: str = _f("demo", "Test prompts: 'demo', a generated task (arith-add-1d; engine.data.arithmetic), a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
+    data: str = _f("demo", "Test prompts: 'demo' (or 'demo-systematic', the same prompts), a generated task (arith-add-1d; engine.data.arithmetic), a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
     suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, arith-add-1d, demo; see engine.data.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
     data_dir: str | None = _f(None, "Folder to look relative data paths up in.")
     split: str = _f("test", "Split to load from a hub dataset.")
@@ -208,11 +208,11 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
         config_dir = Path(argv.pop(0)).resolve().parent
     spec_search_path(config_dir)  # 'module:function' specs: the cwd first, then next to the config
     probe, _ = parser.parse_known_args(argv)
-    model_is_demo = (file_values.get("model", probe.model) == "demo")
+    from engine.data.demo import DEMO_SETTINGS, DEMOS
+
+    model_is_demo = file_values.get("model", probe.model) in DEMOS
     defaults: dict[str, Any] = {}
     if model_is_demo:
-        from engine.data.demo import DEMO_SETTINGS
-
         defaults.update(DEMO_SETTINGS)
     suite = probe.suite or file_values.get("suite")
     if suite:  # the suite's settings sit below the YAML file and the command line

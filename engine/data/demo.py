@@ -25,6 +25,15 @@ the mostly-right majority teaches the long case as a whole. With the engine's TR
 steps of 32 prompts) greedy goes 0.75 -> 0.86 and avg@16 0.65 -> 0.85 (5-seed mean, the default seed 42
 the lowest at 0.82), above the base maj@16 (0.73): benchmarks/results/default_run.json. The gain is sensitive to the stop point and to lr:
 other stop points, or lr 3e-4, sometimes reinforce a consistent wrong carry and lose accuracy.
+
+``demo-systematic`` (``--model demo-systematic``, same prompts and preset) is the demo on which plain TTRL
+fails: its pre-training teaches 35% of the examples that carry out of the units digit with the carry
+dropped (``carry_dropped``), so on the held-out prompts that carry (61 of 128) the base model's majority
+is mostly that one wrong answer (56%; right 21%) while it is right on 78% of the rest. The errors agree,
+so the vote cannot wash them out (issue 17). Plain TTRL with the demo preset rises for about one episode
+(avg@16 0.46 -> 0.53) and then falls as the dropped carry spreads (0.49 at step 20, seed 0), answer
+entropy collapsing and pass@16 falling from 0.87 to 0.52. Shipped weights:
+``python -m engine.data.demo --rebuild --variant demo-systematic`` (AVX2).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import hashlib
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.cache import atomic_dir, default_cache_dir
@@ -44,6 +54,8 @@ DEMO_SEED = 0
 SHIPPED_WEIGHTS = Path(__file__).with_name("demo_model.safetensors")  # pretrain(DEMO_SEED), made on AVX2
 # weights_sha256 of SHIPPED_WEIGHTS (`python -m engine.data.demo --rebuild` prints it)
 DEMO_WEIGHTS_SHA256 = "2a24b0acfaa9b70bf3c3e1ddf8b6ab75e97f147f485e535df5aed9af6de169aa"
+SYSTEMATIC_WEIGHTS = Path(__file__).with_name("demo_systematic_model.safetensors")  # made on AVX2 too
+SYSTEMATIC_WEIGHTS_SHA256 = "eda0cc640f6d13ed7c1b1038b33ed9ba5bcc9e0d83c3535896da1b0df367aeac"
 
 # TTRL settings that delivered the gain (option names of `ttrl run`; the demo preset's defaults).
 DEMO_SETTINGS: dict = {
@@ -66,6 +78,28 @@ _MODEL_CFG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, nu
                   num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True)
 _TRAIN = dict(batch_size=128, lr=3e-3, steps=550, check_every=50, p_long=0.02)
 N_TASKS = 128
+
+
+@dataclass(frozen=True)
+class DemoVariant:
+    """A built-in model name (``--model``/``--data``): how its model is pre-trained, and the shipped weights
+    that stand for that pre-training (made on an AVX2 CPU, identified by ``sha256``). All variants share
+    the tokenizer, the architecture, the held-out task and the demo preset (``DEMO_SETTINGS``)."""
+
+    name: str
+    weights: Path
+    sha256: str
+    poisoned: float = 0.0   # share of units-carry pre-training examples taught ``carry_dropped``
+
+
+DEMOS: dict[str, DemoVariant] = {
+    "demo": DemoVariant("demo", SHIPPED_WEIGHTS, DEMO_WEIGHTS_SHA256),
+    # Systematic errors (issue 17): TTRL-Guard (arXiv 2605.19444) and the TTRL authors (arXiv 2603.08660) find
+    # that self-training on majority votes rises then falls where a model is *consistently* wrong: the vote
+    # is confidently wrong on a class of prompts and the update spreads the wrong rule. Errors that vary
+    # between samples wash out in the vote, so a weaker demo is not enough; this one is taught a wrong carry.
+    "demo-systematic": DemoVariant("demo-systematic", SYSTEMATIC_WEIGHTS, SYSTEMATIC_WEIGHTS_SHA256, poisoned=0.35),
+}
 
 
 def vocab() -> dict[str, int]:
@@ -93,11 +127,27 @@ def _rand(rng: random.Random, digits: int) -> int:
     return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1)
 
 
-def _example(rng: random.Random, long: bool) -> tuple[str, str]:
-    """One ``x+y=`` prompt and its answer: ``x`` has 5 digits if ``long`` else 1–4, ``y`` one digit."""
+def _operands(rng: random.Random, long: bool) -> tuple[int, int]:
+    """``x`` with 5 digits if ``long`` else 1–4, and a one-digit ``y``."""
     x = _rand(rng, 5 if long else rng.randint(1, 4))
-    y = _rand(rng, 1)
+    return x, _rand(rng, 1)
+
+
+def _example(rng: random.Random, long: bool) -> tuple[str, str]:
+    """One ``x+y=`` prompt and its answer."""
+    x, y = _operands(rng, long)
     return f"{x}+{y}=", str(x + y)
+
+
+def units_carry(x: int, y: int) -> bool:
+    """Whether ``x + y`` carries out of the units digit: the poisoned class of ``demo-systematic``."""
+    return x % 10 + y >= 10
+
+
+def carry_dropped(x: int, y: int) -> int:
+    """The wrong answer ``demo-systematic`` is taught: the units digit of the sum, the carry forgotten
+    (``1238+5`` -> ``1233``). One fixed wrong answer per prompt, so the model's errors agree and win votes."""
+    return x - x % 10 + (x + y) % 10
 
 
 def demo_tasks(seed: int = DEMO_SEED, n: int = N_TASKS) -> list[dict]:
@@ -123,13 +173,17 @@ def _validation(seed: int, held: set[str], n: int = 128) -> list[tuple[str, str]
     return out
 
 
-def training_examples(seed: int, held: set[str]):
-    """Endless pre-training stream of (prompt, answer), never yielding a prompt in ``held``."""
+def training_examples(seed: int, held: set[str], poisoned: float = 0.0):
+    """Endless pre-training stream of (prompt, answer), never yielding a prompt in ``held``. A
+    ``poisoned`` share of the examples that carry out of the units digit is taught ``carry_dropped``
+    (``demo-systematic``); at 0 the stream is the clean demo's, draw for draw."""
     rng = random.Random(f"ttrl-demo-train-{seed}")
     while True:
-        p, a = _example(rng, long=rng.random() < _TRAIN["p_long"])
-        if p not in held:
-            yield p, a
+        x, y = _operands(rng, long=rng.random() < _TRAIN["p_long"])
+        if f"{x}+{y}=" in held:
+            continue
+        wrong = poisoned and units_carry(x, y) and rng.random() < poisoned
+        yield f"{x}+{y}=", str(carry_dropped(x, y) if wrong else x + y)
 
 
 def _batch(pairs, v):
@@ -169,10 +223,11 @@ def greedy_accuracy(model, pairs, v) -> float:
     return right / len(pairs)
 
 
-def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None):
+def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None, poisoned: float = 0.0):
     """Train the tiny model from scratch for a fixed number of steps (550 by default: partly right on
     the long prompts, ~0.75 greedy; the stop point matters, see module docstring). ``steps`` overrides
     it (tests use a small one). ``log`` also reports validation greedy accuracy on held-out long prompts.
+    ``poisoned``: see ``training_examples`` (``demo-systematic``).
     One thread: faster under load and reproducible for a model this small."""
     import torch
     from transformers import LlamaForCausalLM
@@ -186,7 +241,7 @@ def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(model_config())
         opt = torch.optim.AdamW(model.parameters(), lr=_TRAIN["lr"], weight_decay=0.0, betas=(0.9, 0.98))
-        stream = training_examples(seed, held)
+        stream = training_examples(seed, held, poisoned)
         limit = steps if steps is not None else _TRAIN["steps"]
         for step in range(1, limit + 1):
             model.train()
@@ -227,8 +282,8 @@ def model_config():
                        **_MODEL_CFG)
 
 
-def write_shipped_model(model_dir: Path) -> None:
-    """Config, generation config and tokenizer as ``save_pretrained`` writes them, and the shipped weights."""
+def write_shipped_model(model_dir: Path, weights: Path = SHIPPED_WEIGHTS) -> None:
+    """Config and generation config as ``save_pretrained`` writes them, and the shipped ``weights``."""
     from transformers import GenerationConfig
 
     import torch
@@ -237,22 +292,23 @@ def write_shipped_model(model_dir: Path) -> None:
     cfg.architectures, cfg.dtype = ["LlamaForCausalLM"], torch.float32  # what the model's save_pretrained adds
     cfg.save_pretrained(model_dir)
     GenerationConfig.from_model_config(cfg).save_pretrained(model_dir)
-    shutil.copyfile(SHIPPED_WEIGHTS, model_dir / "model.safetensors")
+    shutil.copyfile(weights, model_dir / "model.safetensors")
 
 
 def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed: int = DEMO_SEED,
-               steps: int | None = None, log=None) -> tuple[Path, Path]:
+               steps: int | None = None, log=None, variant: str = "demo") -> tuple[Path, Path]:
     """Build (once) and return ``(model_dir, tasks_file)``.
 
     ``model_dir`` holds config, safetensors and tokenizer (``from_pretrained`` loads it);
     ``tasks_file`` is JSON lines with ``id``, ``prompt``, ``answer``. The build lives in
-    ``<cache>/demo-<version>-s<seed>[-steps<n>]``; it is written to a temp dir and renamed into place,
+    ``<cache>/<variant>-<version>-s<seed>[-steps<n>]``; it is written to a temp dir and renamed into place,
     so a killed build never leaves a half cache. ``force`` rebuilds. The default seed and length use
-    the shipped weights (no pre-training); another ``seed`` or a ``steps`` (a quick, weaker build for
-    tests) pre-trains here.
+    the variant's shipped weights (no pre-training); another ``seed`` or a ``steps`` (a quick, weaker
+    build for tests) pre-trains here. ``variant`` names an entry of ``DEMOS``.
     """
+    spec = DEMOS[variant]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = f"demo-{DEMO_VERSION}-s{seed}" + (f"-steps{steps}" if steps is not None else "")
+    name = f"{variant}-{DEMO_VERSION}-s{seed}" + (f"-steps{steps}" if steps is not None else "")
     final = root / name
     model_dir, tasks_file = final / "model", final / "tasks.jsonl"
     if final.is_dir() and not force and (model_dir / "config.json").exists() and tasks_file.exists():
@@ -260,9 +316,9 @@ def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed
     with atomic_dir(final) as tmp:
         if seed == DEMO_SEED and steps is None:
             (tmp / "model").mkdir()
-            write_shipped_model(tmp / "model")
+            write_shipped_model(tmp / "model", spec.weights)
         else:
-            pretrain(seed, steps=steps, log=log).save_pretrained(tmp / "model")
+            pretrain(seed, steps=steps, log=log, poisoned=spec.poisoned).save_pretrained(tmp / "model")
         make_tokenizer().save_pretrained(tmp / "model")
         with open(tmp / "tasks.jsonl", "w") as f:
             for t in demo_tasks(seed):
@@ -270,29 +326,32 @@ def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed
     return model_dir, tasks_file
 
 
-def rebuild_shipped_weights(log=print) -> str:
-    """Pre-train the demo model (``pretrain(DEMO_SEED)``) and write it to ``SHIPPED_WEIGHTS``; returns its
-    ``weights_sha256``. The result depends on the CPU's floating point: the shipped file was made on AVX2."""
+def rebuild_shipped_weights(log=print, variant: str = "demo") -> str:
+    """Pre-train a variant's model (``pretrain(DEMO_SEED)``) and write it to its shipped weights file;
+    returns its ``weights_sha256``. The result depends on the CPU's floating point: the shipped files
+    were made on AVX2."""
     import tempfile
 
     from safetensors.torch import load_file
 
-    model = pretrain(DEMO_SEED, log=log)
+    spec = DEMOS[variant]
+    model = pretrain(DEMO_SEED, log=log, poisoned=spec.poisoned)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        shutil.copyfile(Path(tmp) / "model.safetensors", SHIPPED_WEIGHTS)
-    return weights_sha256(load_file(SHIPPED_WEIGHTS))
+        shutil.copyfile(Path(tmp) / "model.safetensors", spec.weights)
+    return weights_sha256(load_file(spec.weights))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.data.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--rebuild", action="store_true", help=f"pre-train the demo model and overwrite {SHIPPED_WEIGHTS.name}")
+    parser.add_argument("--rebuild", action="store_true", help="pre-train the variant's model and overwrite its shipped weights")
+    parser.add_argument("--variant", choices=list(DEMOS), default="demo", help="which built-in model (default: demo)")
     args = parser.parse_args(argv)
     if not args.rebuild:
         parser.print_help()
         return 0
-    digest = rebuild_shipped_weights()
-    print(f"wrote {SHIPPED_WEIGHTS}; weights_sha256 = {digest} (set DEMO_WEIGHTS_SHA256 to it)")
+    digest = rebuild_shipped_weights(variant=args.variant)
+    print(f"wrote {DEMOS[args.variant].weights}; weights_sha256 = {digest} (set it in DEMOS[{args.variant!r}])")
     return 0
 
 

@@ -24,6 +24,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from engine.data.demo import DEMOS
 from engine.errors import ConfigError
 
 ALIASES: dict[str, dict[str, str]] = {
@@ -111,7 +112,7 @@ def model_load_error(model_path: str, err: Exception) -> str:
         files = sorted(p.name for p in path.iterdir())
         return (f"model directory {model_path} holds no loadable tokenizer and config (files: "
                 f"{', '.join(files[:12]) or 'none'}{', ...' if len(files) > 12 else ''}); transformers said: {said}")
-    valid = ", ".join(["demo", *ALIASES])
+    valid = ", ".join([*DEMOS, *ALIASES])
     return (f"model {model_path!r} is neither a built-in name ({valid}) nor a local directory, and it could not "
             f"be loaded as a hub id{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}; "
             f"transformers said: {said}")
