@@ -44,7 +44,7 @@ class ModelArgs:
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_target_modules: str = _f("all-linear", "Modules that get adapters (any adapter_type): 'all-linear' or a comma-separated list of names.")
-    adapter: str | None = _f(None, "ttrl eval: a saved LoRA adapter (a run's adapter/ folder) to load on top of the model.")
+    adapter: str | None = _f(None, "ttrl eval: a saved PEFT adapter (a run's adapter/ folder: LoRA, TinyLoRA, ShiRA, OSF) to load on top of the model.")
     dtype: str = _f("auto", "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU; or what --bf16/--fp16 say), float32, bfloat16 or float16. bfloat16/float16 are mixed precision as TRL's Trainer does it: trainable weights (LoRA or full) are float32 masters, optimised and saved in float32, forward and backward run under autocast (fp16 with loss scaling, CUDA only); frozen weights (the LoRA base, the KL reference) are held in the compute dtype. CPU bfloat16 autocast works too.", choices=["auto", "float32", "bfloat16", "float16"])
 
 
