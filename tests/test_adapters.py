@@ -7,6 +7,8 @@ policy's, not the base's); and the merged weights the vLLM sampler is sent (``po
 plain model compute what the PEFT policy computes, without merging anything into the policy.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -127,3 +129,15 @@ def test_adapter_options_reach_the_peft_config():
 def test_an_adapter_setting_that_cannot_take_effect_is_refused_at_start_up(argv, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         parse_config(["--output_dir", str(tmp_path / "o"), *argv])
+
+
+def test_the_plasticity_pair_is_two_disjoint_five_digit_tasks_split_by_the_carry(tmp_path):
+    from benchmarks.adapters import demo_pair
+    from engine.data.demo import demo_tasks
+
+    a, b = (([json.loads(line) for line in p.read_text().splitlines()]) for p in demo_pair(tmp_path))
+    carry = [int(r["prompt"][4]) + int(r["prompt"][6]) >= 10 for r in a + b]   # "xxxxx+y=": units of x, and y
+    assert len(a) == len(b) == 128 and carry == [False] * 128 + [True] * 128
+    prompts = [r["prompt"] for r in a + b]
+    assert len(set(prompts)) == 256 and not set(prompts) & {t["prompt"] for t in demo_tasks()}
+    assert all(int(r["answer"]) == sum(map(int, r["prompt"][:-1].split("+"))) for r in a + b)
