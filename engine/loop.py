@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from engine import distributed
 from engine.config.options import Config
+from engine.drift import start_drift
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
 from engine.rundir.guard import RunGuard
@@ -59,6 +60,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     params = SamplingParams(n=t.n_votes, temperature=g.temperature, top_p=g.top_p,
                             max_new_tokens=g.max_completion_length)
     rng = random.Random(g.seed)
+    # drift/*: the last drift_prompts tasks are held out (never trained on), the base's completions decoded now
+    tasks, drift = start_drift(tasks, cfg.eval.drift_prompts, sampler, policy.model, g.max_completion_length)
     stages = build_filters(t.filters, FILTERS)
     stream = PromptStream([task.unlabeled() for task in tasks], t.episodes, rng)  # what the training stages see
     votes = VoteHistory(t.answer_type)  # each prompt's majority answer across visits: flip rate, lock-in
@@ -99,6 +102,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 # 3-4. Select n_train rollouts per group; GRPO update, KL-anchored to the base model.
                 row.update(update(policy, sampler, select, distributed.shard(kept), t.n_train))
                 guard.snapshot_if_due(record.step, policy)
+                row.update(drift(policy.model))
             else:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
             record.account(row, episode=stream.episode - 1)

@@ -107,8 +107,9 @@ class GRPOPolicy:
 
     ``grpo_args`` is a complete ``trl.GRPOConfig``: every TRL knob (learning rate, ``beta`` = the KL
     coefficient, ``loss_type``, ``scale_rewards``, ``max_grad_norm``, ``num_iterations``,
-    ``gradient_accumulation_steps`` …) is the user's to set. ``lora`` is a ``peft.LoraConfig`` or None
-    for full fine-tuning (then TRL loads a second copy of the model from ``model_path`` as reference).
+    ``gradient_accumulation_steps`` …) is the user's to set. ``lora`` is a ``peft.PeftConfig``
+    (``engine.adapters``: LoRA, TinyLoRA, ShiRA, OSF) or None for full fine-tuning (then TRL loads a
+    second copy of the model from ``model_path`` as reference).
     """
 
     def __init__(self, model_path: str, tokenizer, grpo_args, lora=None, total_steps: int = 1,
@@ -158,11 +159,12 @@ class GRPOPolicy:
                 param.data = param.data.float()
         if trainer.ref_model is not None and not self.sharded:  # the frozen KL reference needs no float32 copy
             trainer.ref_model.to(compute_dtype)  # (under FSDP it is sharded, and its mixed precision casts it)
-        if lora is not None and lora.lora_dropout > 0:
+        dropout = next((f for f in ("lora_dropout", "tinylora_dropout") if getattr(lora, f, 0) > 0), None)
+        if dropout:
             # TRL's disable_dropout ran after PEFT and zeroed the adapter's dropout too; the user asked for it.
             for name, module in model.named_modules():  # PEFT's ...lora_dropout.<adapter> Dropout modules
-                if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
-                    module.p = lora.lora_dropout
+                if f".{dropout}." in name and isinstance(module, torch.nn.Dropout):
+                    module.p = getattr(lora, dropout)
         if args.gradient_checkpointing:
             kwargs = dict(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

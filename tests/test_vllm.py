@@ -116,22 +116,28 @@ def test_sampling_returns_n_rollouts_with_processed_logprobs_and_stops(model_dir
             assert r.text.endswith("1")
 
 
-def make_policy(model_dir, tmp_path, tokenizer, *, lora: bool):
-    from peft import LoraConfig
+# adapter options (None: full fine-tuning; LoRA r8, alpha 16) and a learning rate that moves the log-probs in one step
+ADAPTERS = {"lora": ({}, "0.02"), "full": (None, "0.02"), "tinylora": ({"u": 8}, "0.2"),
+            "shira": ({"r": 4}, "0.02"), "osf": ({"effective_rank": 16}, "0.02")}
 
+
+def make_policy(model_dir, tmp_path, tokenizer, *, adapter: str):
+    from engine.adapters import peft_config
     from engine.config.options import parse_config
     from engine.update import GRPOPolicy
 
+    options, lr = ADAPTERS[adapter]
     cfg = parse_config(["--model", str(model_dir), "--data", "unused.jsonl", "--n_votes", "4", "--n_train", "4",
-                        "--prompts_per_step", "2", "--max_completion_length", "12", "--learning_rate", "0.02",
-                        "--beta", "0.0", "--lora", str(lora).lower(), "--output_dir", str(tmp_path / "out"),
-                        "--progress", "false"])
-    peft = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
+                        "--prompts_per_step", "2", "--max_completion_length", "12", "--learning_rate", lr,
+                        "--beta", "0.0", "--lora", str(options is not None).lower(),
+                        "--output_dir", str(tmp_path / "out"), "--progress", "false"])
+    peft = None if options is None else peft_config(adapter, options, target_modules="all-linear", lora_r=8,
+                                                    lora_alpha=16)
     return GRPOPolicy(str(model_dir), tokenizer, cfg.grpo, lora=peft, total_steps=1)
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_weights_sync_after_a_ttrl_update(model_dir, tokenizer, vllm_sampler, tmp_path, lora):
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_weights_sync_after_a_ttrl_update(model_dir, tokenizer, vllm_sampler, tmp_path, adapter):
     """vLLM's log-probs of a fixed completion follow the trained policy after ``load_weights``.
 
     Tolerance 1e-3 per token (absolute, in nats): both sides hold the same fp32 weights, so the only
@@ -142,7 +148,7 @@ def test_weights_sync_after_a_ttrl_update(model_dir, tokenizer, vllm_sampler, tm
     """
     from engine.update import Batch
 
-    policy = make_policy(model_dir, tmp_path, tokenizer, lora=lora)
+    policy = make_policy(model_dir, tmp_path, tokenizer, adapter=adapter)
     vllm_sampler.load_weights(policy.model)  # start from the checkpoint (undoes the other case's update)
     tasks = make_tasks(tokenizer)[:2]
     fixed = vllm_sampler.generate(tasks[:1], SamplingParams(greedy=True, max_new_tokens=12))[0].rollouts[0]
@@ -164,7 +170,7 @@ def test_weights_sync_after_a_ttrl_update(model_dir, tokenizer, vllm_sampler, tm
     after_policy = policy_logprobs(policy.model, prompt, fixed.token_ids)
     assert max(abs(a - b) for a, b in zip(after_vllm, after_policy)) < 1e-3
     assert max(abs(a - b) for a, b in zip(after_vllm, before_vllm)) > 1e-2
-    if lora:  # the transfer computed the merged weights without merging them into the policy
+    if adapter != "full":  # the transfer computed the merged weights without merging them into the policy
         assert not any(getattr(m, "merged", False) for m in policy.model.modules())
 
 

