@@ -29,7 +29,7 @@ model in 4 steps (one seed: drift/kl_heldout 0.27, avg@16 63.9 -> 56.9) while 3e
 fine-tuning does (KL 0.005 vs 0.009; avg@16 -> 66.0 vs 68.3). ShiRA 1e-3 (it trains weight entries directly,
 scale 1, on a ~9% mask; in the same check: KL 0.009, avg@16 -> 66.9). TinyLoRA 1e-3 (13 numbers per module
 scaling frozen rank-2 SVD directions: at 1e-2 the first step alone moved the held-out KL to 0.67, it
-reached 1.5 in 4 steps and avg@16 fell 63.9 -> 13.4; 1e-3 was not checked before this was committed). ``--lr NAME=VALUE``
+reached 1.5 in 4 steps and avg@16 fell 63.9 -> 13.4; at 1e-3: KL 0.006, avg@16 -> 67.3). ``--lr NAME=VALUE``
 overrides one; another model needs its own (``--model``, ``--data``, ``--task-a``/``--task-b``,
 ``--options`` for sampler, template, answer type...).
 
