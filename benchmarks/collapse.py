@@ -191,7 +191,10 @@ def markdown(summary: dict, seeds: list[int]) -> str:
     lines = [f"### Where TTRL fails: plain, guard, filter and random reward at equal budgets ({len(seeds)} seeds)", "",
              "avg@16 in points. Δ = difference of means from plain ± its standard error; plain_b is plain on other "
              "seeds (the noise of every Δ). Peak = the best evaluated step of each run (the base included), "
-             "peak − last = how much a run lost after its best.", "",
+             "peak − last = how much a run lost after its best (for guard: the best minus the step it chose). guard is not a "
+             "separate run: it is each plain run's own choice of snapshot (the watch guard keeps snapshots every "
+             f"{SNAPSHOT_EVERY} steps and ranks them by its label-free score), read from the same periodic evaluations; "
+             "random on flipped repeats the clean runs (a random reward ignores the labels).", "",
              "| setting | config | avg@16 before | peak | final (± std) | peak − last | Δ vs plain | worst seed Δ | "
              "seeds ≥ +3 | greedy | maj@16 | guard: chosen within 1 pt of its best |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -253,12 +256,19 @@ def main(argv=None) -> None:
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--finished-only", action="store_true",
+                    help="run nothing: write the results from the runs already finished in --work-dir (the rest are "
+                         "listed under not_run)")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-collapse-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     jobs = jobs_for(args.seeds, args.settings, args.configs)
+    not_run = []
+    if args.finished_only:
+        not_run = [f"{name}-s{seed}" for name, _, seed in jobs if not (work / f"{name}-s{seed}" / "summary.json").exists()]
+        jobs = [j for j in jobs if f"{j[0]}-s{j[2]}" not in not_run]
     runs = run_all(jobs, work, env, args.jobs, args.eval_every, "")
     for (name, _, seed), run in zip(jobs, runs):
         run["setting"], run["config"] = name.split("-", 1)
@@ -270,10 +280,13 @@ def main(argv=None) -> None:
     summary = summarize(runs)
     result = {"provenance": provenance.finish(record), "settings": {k: SETTINGS[k] for k in args.settings}, "configs": CONFIGS, "flip": FLIP,
               "seeds": args.seeds, "seed_offset": SEED_OFFSET, "eval_every": args.eval_every, "summary": summary,
-              "runs_reused": sum(r["reused"] for r in runs), "runs": runs}
+              "runs_reused": sum(r["reused"] for r in runs), "not_run": not_run, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "collapse.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(summary, args.seeds) + "\n\n" + provenance.footer(result["provenance"])
+    md = markdown(summary, args.seeds)
+    if not_run:
+        md += f"\n\nNot run (no finished run directory): {', '.join(not_run)}."
+    md += "\n\n" + provenance.footer(result["provenance"])
     (RESULTS / "collapse.md").write_text(md + "\n")
     plot(runs, RESULTS / "collapse.png")
     print(md)
