@@ -131,9 +131,12 @@ def describe(run: dict, out: Path) -> dict:
     guard = summary.get("guard")
     if guard:
         chosen = (guard.get("chosen") or {}).get("step")
-        run["guard"] = {"chosen_step": chosen, "reason": guard.get("reason"), "snapshots": guard.get("snapshots"),
-                        "rolled_back": bool(guard.get("rolled_back"))}
-    return run
+        run["guard"] = {"chosen_step": chosen, "reason": guard.get("reason"), "rolled_back": bool(guard.get("rolled_back")),
+                        "snapshots": [{"step": x["step"], "score": x["score"]} for x in guard.get("snapshots") or []]}
+    # only the figures this benchmark reads (benchmarks.filtering.collect gathers more)
+    keep = ("setting", "config", "seed", "reused", "final", "before", "tokens_generated", "tokens_trained", "curve", "best_step",
+            "best_avg16", "final_eval", "telemetry", "peak_minus_last", "guard")
+    return {k: run[k] for k in keep if k in run}
 
 
 def guard_run(plain: dict) -> dict:
@@ -272,7 +275,7 @@ def main(argv=None) -> None:
     runs = run_all(jobs, work, env, args.jobs, args.eval_every, "")
     for (name, _, seed), run in zip(jobs, runs):
         run["setting"], run["config"] = name.split("-", 1)
-        describe(run, work / f"{name}-s{seed}")
+    runs = [describe(run, work / f"{name}-s{seed}") for (name, _, seed), run in zip(jobs, runs)]
     runs += [guard_run(r) for r in runs if r["config"] == "plain"]
     # the random-reward control ignores the labels' noise: flipped shows the clean runs
     if "flipped" in args.settings:
