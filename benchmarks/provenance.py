@@ -32,8 +32,9 @@ REQUIRED = ("script", "command", "git_commit", "git_dirty", "date_utc", "cpu_mod
 
 
 def git(*args: str) -> str:
-    """Output of ``git <args>`` in the repository root (raises if git fails: provenance must not be guessed)."""
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    """Output of ``git <args>`` in the repository root (raises if git fails: provenance must not be guessed).
+    Only trailing whitespace is cut: ``status --porcelain`` lines start with a status column that may be a space."""
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.rstrip()
 
 
 def dirty() -> bool:
