@@ -265,7 +265,7 @@ def main(argv=None) -> None:
     result = {"provenance": provenance.finish(record), "model": args.model, "data": args.data,
               "task_a": str(args.task_a), "task_b": str(args.task_b), "episodes": args.episodes,
               "plasticity_episodes": args.plasticity_episodes, "drift_prompts": args.drift_prompts,
-              "configs": {n: CONFIGS[n] for n in names}, "shared_options": sorted(shared.items()),  # [option, value] pairs "seeds": args.seeds,
+              "configs": {n: CONFIGS[n] for n in names}, "shared_options": sorted(shared.items()), "seeds": args.seeds,
               "summary": table, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
