@@ -13,9 +13,12 @@ settings, each at the demo preset's prompt budget:
 - ``clean``: the demo itself (what protection costs when nothing needs it).
 
 Configurations: ``plain`` (TTRL), ``plain_b`` (plain on other seeds: the noise of every comparison),
-``filter`` (``FILTER``: the best filter configuration found for wrong votes) and ``random`` (``--reward
+``filter`` (``FILTER``: the best filter configuration found for wrong votes), ``random`` (``--reward
 random``, the spurious-reward control of arXiv 2506.10947; it ignores the labels' noise, so ``flipped``
-shows the clean runs). ``guard`` is not a separate run: every plain run carries the ``watch`` guard
+shows the clean runs) and ``flip_alarm`` (``ALARM``: the guard that stops a run when the majority answers
+flip on more than 10% of revisited prompts over 4 steps and ends on the snapshot from before those steps;
+until it stops, a run is its seed's plain run step for step, which the benchmark checks, so its "best in
+hindsight" is the plain run's). ``guard`` is not a separate run: every plain run carries the ``watch`` guard
 (``GUARD``), which never changes a step — it keeps weight snapshots every ``SNAPSHOT_EVERY`` steps and at
 the end rolls back to the best snapshot by the label-free score — so a plain run's trajectory is plain
 TTRL's, its last evaluated step is plain's result, and the step its guard chose is the guard's.
@@ -51,6 +54,8 @@ RESULTS = Path(__file__).parent / "results"
 FLIP = 0.2
 SNAPSHOT_EVERY = 4      # one episode of the demo preset (128 prompts / 32 per step)
 GUARD = {"guard": "watch", "guard_snapshot_every": SNAPSHOT_EVERY, "guard_keep": 3}
+# the alarm stops a run and ends on the snapshot before the alarming steps; "none": no score-based rollback
+ALARM = {"guard": "flip_alarm", "guard_snapshot_every": SNAPSHOT_EVERY, "guard_keep": 3, "guard_score": "none"}
 FILTER: dict = {"selector": "max_variance"}
 SETTINGS: dict[str, dict] = {
     "systematic": {"model": "demo-systematic", "data": "demo-systematic"},
@@ -62,6 +67,7 @@ CONFIGS: dict[str, dict] = {
     "plain_b": {},
     "filter": FILTER,
     "random": {"reward": "random"},
+    "flip_alarm": ALARM,
 }
 SEED_OFFSET = {"plain_b": 100}
 
@@ -132,7 +138,12 @@ def describe(run: dict, out: Path) -> dict:
     if guard:
         chosen = (guard.get("chosen") or {}).get("step")
         run["guard"] = {"chosen_step": chosen, "reason": guard.get("reason"), "rolled_back": bool(guard.get("rolled_back")),
+                        "stopped": guard.get("stopped"),
                         "snapshots": [{"step": x["step"], "score": x["score"]} for x in guard.get("snapshots") or []]}
+        if run["config"] == "flip_alarm" and guard.get("rolled_back"):
+            # the run ends on the snapshot it rolled back to: its result is that step's periodic evaluation
+            at = {p["step"]: p for p in points}
+            run["final"] = {k: at[chosen][k] for k in FINAL}
     # only the figures this benchmark reads (benchmarks.filtering.collect gathers more)
     keep = ("setting", "config", "seed", "reused", "final", "before", "tokens_generated", "tokens_trained", "curve", "best_step",
             "best_avg16", "final_eval", "telemetry", "peak_minus_last", "guard")
@@ -148,6 +159,15 @@ def guard_run(plain: dict) -> dict:
     return {**plain, "config": "guard", "final": {k: point[k] for k in FINAL},
             "peak_minus_last": plain["best_avg16"] - point["avg16"],
             "within_1_point_of_best": plain["best_avg16"] - point["avg16"] <= 0.01}
+
+
+def alarm_vs_plain(alarm: dict, plain: dict) -> dict:
+    """The alarm run against its seed's plain run: the same trajectory until the stop (every evaluated
+    step they share equal), and the chosen step within 1 point of the plain run's best in hindsight."""
+    at = {p["step"]: p["avg16"] for p in plain["curve"]}
+    shared = [p for p in alarm["curve"] if p["step"] in at]
+    return {"same_as_plain_until_stop": all(abs(p["avg16"] - at[p["step"]]) < 1e-9 for p in shared),
+            "within_1_point_of_best": plain["best_avg16"] - alarm["final"][TARGET] <= 0.01}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -181,6 +201,13 @@ def summarize(runs: list[dict]) -> dict:
                                 "chosen_steps": [r["guard"]["chosen_step"] for r in cs],
                                 "rolled_back": sum(r["guard"]["rolled_back"] for r in cs),
                                 "final_eval_after_rollback": stats([r["final_eval"][TARGET] for r in cs])}
+            if config == "flip_alarm":
+                checks = [alarm_vs_plain(r, p_by_seed[r["seed"]]) for r in cs if r["seed"] in p_by_seed]
+                row["guard"] = {"within_1_point_of_best": sum(c["within_1_point_of_best"] for c in checks), "runs": len(checks),
+                                "chosen_steps": [r["curve"][-1]["step"] if r["guard"]["chosen_step"] is None
+                                                 else r["guard"]["chosen_step"] for r in cs],
+                                "stopped": sum(bool(r["guard"]["stopped"]) for r in cs),
+                                "same_as_plain_until_stop": sum(c["same_as_plain_until_stop"] for c in checks)}
             table[config] = row
         tele = [t for r in plain for t in r["telemetry"]]
         out[setting] = {"configs": table, "flip_vs_correct_to_wrong": pearson(
@@ -197,7 +224,10 @@ def markdown(summary: dict, seeds: list[int]) -> str:
              "peak − last = how much a run lost after its best (for guard: the best minus the step it chose). guard is not a "
              "separate run: it is each plain run's own choice of snapshot (the watch guard keeps snapshots every "
              f"{SNAPSHOT_EVERY} steps and ranks them by its label-free score), read from the same periodic evaluations; "
-             "random on flipped repeats the clean runs (a random reward ignores the labels).", "",
+             "random on flipped repeats the clean runs (a random reward ignores the labels). flip_alarm is a separate run "
+             "that stops when the majority answers flip on more than 10% of revisited prompts over 4 steps and ends on the "
+             "snapshot from before them (its best in hindsight is its seed's plain run's, which it follows step for step "
+             "until it stops).", "",
              "| setting | config | avg@16 before | peak | final (± std) | peak − last | Δ vs plain | worst seed Δ | "
              "seeds ≥ +3 | greedy | maj@16 | guard: chosen within 1 pt of its best |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -216,7 +246,9 @@ def markdown(summary: dict, seeds: list[int]) -> str:
                       f"{row['seeds_3_points_above_plain']}/{len(row['seeds'])} | "))
                 + f"{100 * f['accuracy/greedy']['mean']:.1f} | {100 * f['accuracy/maj@16']['mean']:.1f} | "
                 + (f"{g['within_1_point_of_best']}/{g['runs']} (steps {', '.join(map(str, g['chosen_steps']))})"
-                   if g else "") + " |")
+                   if g else "")
+                + (f"; stopped {g['stopped']}/{len(row['seeds'])}, same as plain until the stop "
+                   f"{g['same_as_plain_until_stop']}/{g['runs']}" if g and "stopped" in g else "") + " |")
     lines += ["", "Flip rate (label-free) against the share of revisited prompts that went correct → wrong (labels), "
               "Pearson r over the steps of the plain runs: "
               + ", ".join(f"{k} {fmt_r(s['flip_vs_correct_to_wrong'])} ({s['telemetry_steps']} steps)"

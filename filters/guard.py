@@ -37,11 +37,15 @@ ACTIONS = ("train", "pause", "stop")
 @dataclass
 class Verdict:
     """What a guard decides for one step: ``train`` (less the groups in ``skip``, by task id), ``pause``
-    (no update this step) or ``stop`` (no update, and the run ends); ``reason`` says why, for the log."""
+    (no update this step) or ``stop`` (no update, and the run ends); ``reason`` says why, for the log.
+    ``rollback_steps`` > 0 with ``stop``: the rows of the last that many steps (this one included) raised the
+    alarm, so the run ends on the weights that sampled the first of them, or the latest snapshot before
+    (``engine.rundir.guard``), whatever the snapshot score says."""
 
     action: str = "train"
     skip: set[str] = field(default_factory=set)
     reason: str = ""
+    rollback_steps: int = 0
 
     def __post_init__(self):
         if self.action not in ACTIONS:
@@ -97,6 +101,33 @@ def ttrl_guard(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, hi
     return skip_flipped(signals, groups, votes, history, min_majority=min_majority)
 
 
+def flip_alarm(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict], *,
+               max_flip_rate: float = 0.1, window: int = 4) -> Verdict:
+    """Stop the run when the mean flip rate over the last ``window`` steps that revisited prompts exceeds
+    ``max_flip_rate``, and end it on the weights from before those steps (``rollback_steps``).
+
+    Why. Under TTRL the damage is done early and fast: on ``demo-systematic`` every seed peaks after the
+    first episode, and in the second its majority answers flip on 10-20% of revisited prompts while
+    correct → wrong transitions outnumber wrong → correct (flip rate vs correct → wrong, r = +0.80 per step;
+    ``benchmarks/results/collapse.md``). A healthy run moves its labels too, but less: 5-9% on the clean demo.
+    Flips say the vote on many prompts is a close contest that the update is about to settle one way,
+    right or wrong (TTRL-Guard, arXiv 2605.19444); stopping there and keeping the weights from before the
+    contest is this guard's answer to "when do I stop, and which checkpoint do I report" (TTRL issues #40,
+    #48). The default threshold, 0.1, was read off this project's collapse benchmark (between the clean
+    runs' 0.07-0.09 and the systematic runs' 0.10-0.20 in the second episode), so it is a demo-scale
+    setting: on a slow but healthy run a burst above it stops a run that would have gone on improving (one
+    seed of five on the demo with 20% flipped labels). Needs ``guard_snapshot_every`` dividing ``window``
+    for the rollback to land exactly before the window."""
+    flips = [r["vote/flip_rate"] for r in [*history, signals] if not math.isnan(r.get("vote/flip_rate", math.nan))]
+    if len(flips) < window:
+        return Verdict()
+    rate = sum(flips[-window:]) / window
+    if rate <= max_flip_rate:
+        return Verdict()
+    return Verdict("stop", reason=f"mean flip rate {rate:.3f} > {max_flip_rate} over the last {window} steps",
+                   rollback_steps=window)
+
+
 def stability(window: list[dict]) -> float:
     """The default snapshot score, from the label-free rows sampled with the snapshot's weights
     (higher is better): mean majority ratio − mean flip rate − 2 × the locked-in share at the window's end.
@@ -115,6 +146,12 @@ def stability(window: list[dict]) -> float:
     return consensus - flip - 2.0 * window[-1].get("vote/locked_in", 0.0)
 
 
+def none(window: list[dict]) -> float:
+    """No snapshot is ranked (NaN for every window): the final weights are kept unless the guard's policy
+    stopped the run with a rollback (``flip_alarm``). The bounded snapshot store then keeps the latest."""
+    return float("nan")
+
+
 GUARDS: dict = {"watch": watch, "skip_flipped": skip_flipped, "pause_on_flips": pause_on_flips,
-                "ttrl_guard": ttrl_guard}
-SCORES: dict = {"stability": stability}
+                "ttrl_guard": ttrl_guard, "flip_alarm": flip_alarm}
+SCORES: dict = {"stability": stability, "none": none}

@@ -17,7 +17,7 @@ from engine.errors import ConfigError
 from engine.config.options import parse_config
 from engine.rundir.guard import RunGuard, label_free
 from filters import GUARDS
-from filters.guard import Verdict, pause_on_flips, skip_flipped, stability, ttrl_guard
+from filters.guard import Verdict, flip_alarm, none, pause_on_flips, skip_flipped, stability, ttrl_guard
 from filters.vote_history import VoteHistory
 from rewards import majority_vote
 
@@ -67,6 +67,18 @@ def test_ttrl_guard_pauses_the_whole_step_first_else_skips_flipped_groups():
     assert ttrl_guard({"vote/flip_rate": 0.5}, groups, votes, [], max_flip_rate=0.4).action == "pause"
     with pytest.raises(ValueError, match="allowed"):
         Verdict("rollback")
+
+
+def test_flip_alarm_stops_on_a_window_of_flips_and_asks_for_the_weights_before_it():
+    rows = lambda *flips: [{"vote/flip_rate": f} for f in flips]   # noqa: E731
+    # episode 1 (no revisits: NaN) never counts; three revisiting steps are not yet a window of four
+    assert flip_alarm(rows(0.5)[0], [], VoteHistory(), rows(math.nan, math.nan, 0.5, 0.5)).action == "train"
+    calm = flip_alarm({"vote/flip_rate": 0.1}, [], VoteHistory(), rows(math.nan, 0.1, 0.1, 0.1))
+    assert calm.action == "train"                                   # mean 0.1 is not above 0.1
+    alarm = flip_alarm({"vote/flip_rate": 0.2}, [], VoteHistory(), rows(math.nan, 0.0, 0.1, 0.1, 0.1))
+    assert alarm.action == "stop" and alarm.rollback_steps == 4 and "0.125 > 0.1" in alarm.reason
+    assert flip_alarm({"vote/flip_rate": 0.2}, [], VoteHistory(), rows(0.3), window=2, max_flip_rate=0.2).action == "stop"
+    assert math.isnan(none([{"vote/majority_ratio": 1.0}]))
 
 
 def test_stability_score_by_hand():
@@ -133,6 +145,42 @@ def test_snapshots_are_bounded_and_the_rollback_loads_the_best_into_policy_and_s
     assert "step 2" in summary["reason"]
     assert torch.equal(policy.model.weight, weights[2]) and sampler.model is policy.model
     assert [s["step"] for s in summary["snapshots"]] == [2, 6, 8] and math.isnan(summary["snapshots"][-1]["score"])
+
+
+def test_an_alarm_rolls_back_to_the_weights_that_sampled_its_first_row_whatever_the_score(tmp_path):
+    policy = SimpleNamespace(model=torch.nn.Linear(3, 2))
+    guard = RunGuard("flip_alarm", score="none", votes=VoteHistory(), out_dir=tmp_path, every=2, keep=3)
+    weights, flips = {}, [math.nan, math.nan, 0.0, 0.0, 0.12, 0.12, 0.12, 0.12]
+    for step, flip in enumerate(flips):           # the row sampled with the weights after `step` updates
+        guard.snapshot_if_due(step, policy)
+        weights[step] = policy.model.weight.detach().clone()
+        row = {"step": step, "vote/flip_rate": flip, "vote/majority_ratio": 0.9}
+        guard.screen(row, [], [])
+        if guard.stopped:
+            break
+        with torch.no_grad():
+            policy.model.weight.add_(1.0)
+    # rows 4-7 average 0.12 (the windows ending at steps 5 and 6 stay at or below 0.1): the alarm is raised at step 7, whose first alarming row was sampled at step 4
+    assert step == 7 and row["guard/stop"] == 1.0 and guard.rollback_to == 4
+    state = json.loads(json.dumps(guard.state_dict()))
+    summary = guard.finish(policy, FakeSampler(), step=7)
+    assert summary["chosen"] == {"step": 4, "score": None} and summary["rolled_back"]
+    assert torch.equal(policy.model.weight, weights[4]) and "to step 4" in summary["reason"]
+    assert "mean flip rate 0.120 > 0.1" in summary["reason"]
+    resumed = RunGuard("flip_alarm", score="none", votes=VoteHistory(), out_dir=tmp_path, every=2, keep=3)
+    resumed.load_state_dict(state)
+    assert resumed.stopped and resumed.rollback_to == 4
+
+
+def test_an_alarm_with_no_snapshot_before_it_keeps_the_final_weights_and_says_so(tmp_path):
+    policy = SimpleNamespace(model=torch.nn.Linear(2, 1))
+    guard = RunGuard("flip_alarm", score="none", votes=VoteHistory(), out_dir=tmp_path, every=0)
+    for step, flip in enumerate([0.5, 0.5, 0.5, 0.5]):
+        guard.screen({"step": step, "vote/flip_rate": flip}, [], [])
+    before = policy.model.weight.detach().clone()
+    summary = guard.finish(policy, FakeSampler(), step=3)
+    assert guard.stopped and not summary["rolled_back"] and "chosen" not in summary
+    assert "no snapshot at or before step 0" in summary["reason"] and torch.equal(policy.model.weight, before)
 
 
 def test_a_file_a_checkpoint_names_survives_pruning_and_resume_deletes_later_ones(tmp_path):

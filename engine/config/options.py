@@ -86,10 +86,10 @@ class TTRLArgs:
     ray_max_retries: int = _f(2, "Times a `ttrl suite --ray` job, or the worker group of a num_workers > 1 run, is run again after a worker dies (killed, out of memory, node lost); the retry continues from the run's last checkpoint.")
     progress: bool = _f(True, "Show progress bars.")
     save_every: int = _f(10, "Checkpoint (weights, optimizer, RNGs, filter history, position) every N steps and at the end of every episode; 0: at episode ends only. `ttrl run --resume RUN_DIR` continues from it.")
-    guard: str | None = _f(None, "Label-free collapse guard (filters.guard): watch, skip_flipped, pause_on_flips, ttrl_guard, or 'module:function' (YAML: {name: ttrl_guard, max_flip_rate: 0.4, ...}). It reads only the vote's own signals (flip rate, lock-in, majority ratio) to skip risky groups, pause an update or stop the run. Unset: off.")
+    guard: str | None = _f(None, "Label-free collapse guard (filters.guard): watch, skip_flipped, pause_on_flips, ttrl_guard, flip_alarm, or 'module:function' (YAML: {name: ttrl_guard, max_flip_rate: 0.4, ...}). It reads only the vote's own signals (flip rate, lock-in, majority ratio) to skip risky groups, pause an update or stop the run; flip_alarm stops when the majority answers flip on more than 10% of revisited prompts over 4 steps and ends on the snapshot from before those steps (use it with --guard_snapshot_every 4 --guard_score none). Unset: off.")
     guard_snapshot_every: int = _f(0, "With --guard: keep a snapshot of the trainable weights at the start and every N optimizer steps (under RUN_DIR/guard/), and at the end roll back, before the final evaluation, to the snapshot with the best label-free score (guard_score); summary.json and report.md say which and why. 0: no snapshots, no rollback.")
     guard_keep: int = _f(3, "With guard_snapshot_every: snapshots kept, the best by guard_score (plus the latest).")
-    guard_score: str = _f("stability", "With guard_snapshot_every: how snapshots are ranked, from the votes their weights produced: a name from filters.GUARD_SCORES or 'module:function'.")
+    guard_score: str = _f("stability", "With guard_snapshot_every: how snapshots are ranked, from the votes their weights produced: a name from filters.GUARD_SCORES (stability; none: never roll back by score, keep the final weights unless the policy's alarm asks for a rollback) or 'module:function'.")
 
 
 @dataclass

@@ -56,6 +56,7 @@ class RunGuard:
         self.snapshots: list[dict] = []   # {"step": n, "window": [label-free rows]}, oldest first
         self.history: list[dict] = []     # every screened row's label-free keys
         self.stop_reason: str | None = None
+        self.rollback_to: int | None = None  # a stopping policy's rollback: the latest snapshot at or before this step
         self.retired: set[int] = set()    # pruned snapshots whose file a checkpoint may still name
         self.named: list[set[int]] = []   # the snapshot steps of the last two checkpoints
 
@@ -80,6 +81,8 @@ class RunGuard:
         self.history.append({**signals, **out})
         if verdict.action == "stop":
             self.stop_reason = f"step {row.get('step')}: {verdict.reason}"
+            if verdict.rollback_steps:  # row["step"]: the updates behind the weights that sampled this row
+                self.rollback_to = int(row["step"]) - verdict.rollback_steps + 1
             self.log(f"guard {spec_name(self.spec)}: stopping the run ({verdict.reason})")
         elif verdict.action == "pause":
             self.log(f"guard {spec_name(self.spec)}: no update this step ({verdict.reason})")
@@ -105,6 +108,8 @@ class RunGuard:
                    "stopped": self.stop_reason, "paused_steps": int(sum(r["guard/paused"] for r in self.history)),
                    "skipped_groups": int(sum(r["guard/skipped_groups"] for r in self.history)), "rolled_back": False}
         ranked = [s for s in scores if not math.isnan(s["score"])]
+        if self.rollback_to is not None:
+            return self.roll_back_before_alarm(policy, sampler, step, summary)
         if not self.every:
             summary["reason"] = "no snapshots (guard_snapshot_every 0): the final weights are kept"
         elif not ranked:
@@ -121,6 +126,25 @@ class RunGuard:
                 summary["reason"] = (f"rolled back from step {step} to step {best['step']}: the best {self.score_name} "
                                      f"score of {len(ranked)} scored snapshots ({best['score']:.4f})")
             self.log(f"guard: {summary['reason']}")
+        return summary
+
+    def roll_back_before_alarm(self, policy, sampler, step: int, summary: dict) -> dict:
+        """The policy stopped the run on an alarm raised by the steps after ``rollback_to``: load the
+        latest snapshot taken at or before it (its weights produced none of the alarming rows)."""
+        before = [s["step"] for s in self.snapshots if s["step"] <= self.rollback_to]
+        if not before:
+            summary["reason"] = (f"{self.stop_reason}; no snapshot at or before step {self.rollback_to} is kept "
+                                 f"(guard_snapshot_every {self.every}, guard_keep {self.keep}): the final weights are kept")
+        else:
+            chosen = max(before)
+            summary["chosen"] = {"step": chosen, "score": None}
+            if chosen != step:
+                load_weights(policy.model, load_file(self.path(chosen)))
+                sampler.load_weights(policy.model)
+                summary["rolled_back"] = True
+            summary["reason"] = (f"rolled back from step {step} to step {chosen}, the last snapshot before the steps "
+                                 f"that raised the alarm ({self.stop_reason})")
+        self.log(f"guard: {summary['reason']}")
         return summary
 
     # -- snapshots -------------------------------------------------------------------------------------------
@@ -156,11 +180,12 @@ class RunGuard:
         still be the checkpoint on disk until this one is swapped in)."""
         self.named = (self.named + [{s["step"] for s in self.snapshots}])[-2:]
         self.delete_retired()
-        return {"snapshots": self.snapshots, "history": self.history, "stop_reason": self.stop_reason}
+        return {"snapshots": self.snapshots, "history": self.history, "stop_reason": self.stop_reason,
+                "rollback_to": self.rollback_to}
 
     def load_state_dict(self, state: dict) -> None:
         self.snapshots, self.history = [dict(s) for s in state["snapshots"]], list(state["history"])
-        self.stop_reason = state["stop_reason"]
+        self.stop_reason, self.rollback_to = state["stop_reason"], state.get("rollback_to")
         steps = {s["step"] for s in self.snapshots}
         self.named, self.retired = [steps], set()
         missing = [s for s in sorted(steps) if not self.path(s).exists()]
