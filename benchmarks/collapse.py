@@ -68,8 +68,12 @@ CONFIGS: dict[str, dict] = {
     "filter": FILTER,
     "random": {"reward": "random"},
     "flip_alarm": ALARM,
+    # held out: the alarm's threshold (0.1) was read off the flip rates of the plain and plain_b runs above
+    "plain_h": {},
+    "flip_alarm_h": ALARM,
 }
-SEED_OFFSET = {"plain_b": 100}
+SEED_OFFSET = {"plain_b": 100, "plain_h": 200, "flip_alarm_h": 200}
+PAIRED = {"flip_alarm": "plain", "flip_alarm_h": "plain_h"}  # an alarm run against the plain run of its seed
 
 
 def overrides(setting: str, config: str, seed: int) -> dict:
@@ -86,7 +90,7 @@ def jobs_for(seeds: list[int], settings=tuple(SETTINGS), configs=tuple(CONFIGS))
     jobs = []
     for setting in settings:
         for config in configs:
-            if config == "plain_b" and setting != "systematic":
+            if (config == "plain_b" and setting != "systematic") or (config.endswith("_h") and setting == "flipped"):
                 continue
             if setting == "flipped" and config == "random":
                 continue
@@ -140,7 +144,7 @@ def describe(run: dict, out: Path) -> dict:
         run["guard"] = {"chosen_step": chosen, "reason": guard.get("reason"), "rolled_back": bool(guard.get("rolled_back")),
                         "stopped": guard.get("stopped"),
                         "snapshots": [{"step": x["step"], "score": x["score"]} for x in guard.get("snapshots") or []]}
-        if run["config"] == "flip_alarm" and guard.get("rolled_back"):
+        if run["config"] in PAIRED and guard.get("rolled_back"):
             # the run ends on the snapshot it rolled back to: its result is that step's periodic evaluation
             at = {p["step"]: p for p in points}
             run["final"] = {k: at[chosen][k] for k in FINAL}
@@ -179,20 +183,22 @@ def summarize(runs: list[dict]) -> dict:
         if not plain:
             continue
         p = stats([r["final"][TARGET] for r in plain])
-        p_by_seed = {r["seed"]: r for r in plain}
         table = {}
         for config in dict.fromkeys(r["config"] for r in rs):
             cs = [r for r in rs if r["config"] == config]
             a = stats([r["final"][TARGET] for r in cs])
-            paired = [r["final"][TARGET] - p_by_seed[r["seed"]]["final"][TARGET] for r in cs if r["seed"] in p_by_seed]
+            # an alarm run is compared with the plain run of its own seed (flip_alarm_b: plain_b's)
+            partner = {r["seed"]: r for r in rs if r["config"] == PAIRED.get(config, "plain")}
+            paired = [r["final"][TARGET] - partner[r["seed"]]["final"][TARGET] for r in cs if r["seed"] in partner]
             row = {
                 "seeds": [r["seed"] for r in cs],
                 "final": {k: stats([r["final"][k] for r in cs]) for k in FINAL},
                 "before_avg16": statistics.mean(r["before"][TARGET] for r in cs),
                 "peak_avg16": stats([r["best_avg16"] for r in cs]),
                 "peak_minus_last_points": 100 * statistics.mean(r["peak_minus_last"] for r in cs),
-                "minus_plain_points": 100 * (a["mean"] - p["mean"]),
-                "minus_plain_se_points": 100 * math.sqrt(a["std"] ** 2 / len(cs) + p["std"] ** 2 / len(plain)),
+                "minus_plain_points": 100 * (statistics.mean(paired) if config in PAIRED else a["mean"] - p["mean"]),
+                "minus_plain_se_points": 100 * (statistics.stdev(paired) / math.sqrt(len(paired)) if config in PAIRED
+                                                else math.sqrt(a["std"] ** 2 / len(cs) + p["std"] ** 2 / len(plain))),
                 "worst_seed_minus_plain_points": 100 * min(paired) if paired else None,
                 "seeds_3_points_above_plain": sum(d >= 0.03 for d in paired) if paired else None,
             }
@@ -201,8 +207,8 @@ def summarize(runs: list[dict]) -> dict:
                                 "chosen_steps": [r["guard"]["chosen_step"] for r in cs],
                                 "rolled_back": sum(r["guard"]["rolled_back"] for r in cs),
                                 "final_eval_after_rollback": stats([r["final_eval"][TARGET] for r in cs])}
-            if config == "flip_alarm":
-                checks = [alarm_vs_plain(r, p_by_seed[r["seed"]]) for r in cs if r["seed"] in p_by_seed]
+            if config in PAIRED:
+                checks = [alarm_vs_plain(r, partner[r["seed"]]) for r in cs if r["seed"] in partner]
                 row["guard"] = {"within_1_point_of_best": sum(c["within_1_point_of_best"] for c in checks), "runs": len(checks),
                                 "chosen_steps": [r["curve"][-1]["step"] if r["guard"]["chosen_step"] is None
                                                  else r["guard"]["chosen_step"] for r in cs],
@@ -227,7 +233,8 @@ def markdown(summary: dict, seeds: list[int]) -> str:
              "random on flipped repeats the clean runs (a random reward ignores the labels). flip_alarm is a separate run "
              "that stops when the majority answers flip on more than 10% of revisited prompts over 4 steps and ends on the "
              "snapshot from before them (its best in hindsight is its seed's plain run's, which it follows step for step "
-             "until it stops).", "",
+             "until it stops; its Δ is paired with that run, ± the paired standard error). plain_h and flip_alarm_h: the same pair "
+             "on held-out seeds (200+), run after the alarm's threshold was read off the plain and plain_b runs.", "",
              "| setting | config | avg@16 before | peak | final (± std) | peak − last | Δ vs plain | worst seed Δ | "
              "seeds ≥ +3 | greedy | maj@16 | guard: chosen within 1 pt of its best |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
