@@ -42,7 +42,7 @@ def update_run(config: Path, model_dir: Path, data: Path, dtype: str, out: Path)
 
     from engine.cli.build import build
     from engine.config.options import parse_config
-    from engine.update import trainable_parameters
+    from engine.distributed import trainable_parameters
 
     options = recipe(config)
     cfg = parse_config(miniature_options(config, model_dir, data, dtype=dtype) + ["--output_dir", str(out)])

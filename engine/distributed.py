@@ -5,7 +5,9 @@ accelerate's ``PartialState`` — built by TRL's trainer, or earlier by ``init``
 ``torch.distributed`` process group from the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR ...;
 gloo on CPU, NCCL on CUDA), and the update is data-parallel through accelerate (DDP). This module holds
 only the facts and collectives the engine's own loop adds on top: who am I, how many are we, and
-all-gathers of small Python objects (scored rollout groups, per-task grades, metrics dicts, RNG states).
+all-gathers of small Python objects (scored rollout groups, per-task grades, metrics dicts, RNG states),
+and the whole weights of a model whose parameters may be FSDP shards (what checkpoints, the sampler's own
+copy and the guard's snapshots read).
 
 In one process — no launcher, or a world of one — every function is a no-op that returns what a world
 of one would, so the one-process path calls no collective and changes in nothing.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import torch.distributed as dist
 
 
@@ -134,3 +137,27 @@ def mean_across(metrics: dict[str, float]) -> dict[str, float]:
     parts = all_gather(metrics)
     keys = dict.fromkeys(k for part in parts for k in part)
     return {k: sum(p[k] for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The whole ``model``'s state on this rank: its own ``state_dict()``, or, when its parameters are FSDP
+    shards (DTensors), the full tensors all-gathered onto every rank (torch's full-state-dict API; a
+    collective every rank must join). What a sampler holding its own copy of the policy loads."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def trainable_parameters(model) -> dict[str, torch.Tensor]:
+    """Copies of the parameters the update may change (the LoRA ones under PEFT), whole under FSDP too."""
+    from torch.distributed.tensor import DTensor
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if any(isinstance(p, DTensor) for p in params.values()):
+        full = full_state_dict(model)
+        return {n: full[n].detach().clone() for n in params}
+    return {n: p.detach().clone() for n, p in params.items()}

@@ -387,30 +387,6 @@ def normaliser_weights(loss_type: str, completion_mask: torch.Tensor) -> torch.T
                      f"known: {', '.join(TOKEN_NORMALISED + ROW_NORMALISED)}")
 
 
-def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """The whole ``model``'s state on this rank: its own ``state_dict()``, or, when its parameters are FSDP
-    shards (DTensors), the full tensors all-gathered onto every rank (torch's full-state-dict API; a
-    collective every rank must join). What a sampler holding its own copy of the policy loads."""
-    from torch.distributed.tensor import DTensor
-
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
-        return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-
-
-def trainable_parameters(model) -> dict[str, torch.Tensor]:
-    """Copies of the parameters the update may change (the LoRA ones under PEFT), whole under FSDP too."""
-    from torch.distributed.tensor import DTensor
-
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if any(isinstance(p, DTensor) for p in params.values()):
-        full = full_state_dict(model)
-        return {n: full[n].detach().clone() for n in params}
-    return {n: p.detach().clone() for n, p in params.items()}
-
-
 def accumulation_unit(gradient_accumulation_steps: int, n_train: int, ranks: int = 1) -> int:
     """Fewest groups an update can take: TRL splits each rank's rows into ``gradient_accumulation_steps``
     equal micro-batches (GA / gcd(GA, n_train) groups of ``n_train`` rows), and every rank takes an equal share.

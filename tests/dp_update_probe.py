@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from engine import distributed
 from engine.config.options import parse_config
 from engine.data.models import load_tokenizer
-from engine.update import Batch, GRPOPolicy, trainable_parameters
+from engine.distributed import trainable_parameters
+from engine.update import Batch, GRPOPolicy
 
 GROUPS, N_TRAIN = 4, 4
 REWARDS = [[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 1]]

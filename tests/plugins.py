@@ -34,7 +34,7 @@ class ParamHashSelector:
         import json
         import os
 
-        from engine.update import trainable_parameters
+        from engine.distributed import trainable_parameters
 
         digest = hashlib.sha256()
         for name, param in sorted(trainable_parameters(policy.model).items()):  # whole, gathered under FSDP

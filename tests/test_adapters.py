@@ -48,7 +48,8 @@ def test_adapter_trains_against_the_base_and_reaches_the_samplers(name, tmp_path
     from engine.cli.build import build, resolve_model_and_data
     from engine.samplers.hf import HFSampler
     from engine.samplers.vllm import policy_weights
-    from engine.update import Batch, trainable_parameters
+    from engine.distributed import trainable_parameters
+    from engine.update import Batch
 
     kind, extra, lr = ADAPTERS[name]
     cfg = parse_config(demo_args(tmp_path, kind, extra, lr))

@@ -7,7 +7,7 @@ import torch
 
 from factories import make_group
 from engine.config.options import parse_config
-from engine.update import trainable_parameters
+from engine.distributed import trainable_parameters
 from rewards import REWARDS
 from rewards.controls import constant_reward, random_reward
 

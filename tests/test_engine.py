@@ -14,7 +14,8 @@ from engine.config.options import parse_config
 from engine.evaluate import pass_at_k
 from engine.loop import PromptStream, RewardError, apply_reward, telemetry
 from engine.registry import SpecError, resolve
-from engine.update import Batch, trainable_parameters
+from engine.distributed import trainable_parameters
+from engine.update import Batch
 from filters import SELECTORS
 from rewards import REWARDS
 

@@ -18,7 +18,8 @@ import torch
 
 from benchmarks.miniature import (CONFIGS, make_data, make_model_dir, miniature_options, recipe, runs_on_gpu,
                                   trained_per_group)
-from engine.update import Batch, trainable_parameters
+from engine.distributed import trainable_parameters
+from engine.update import Batch
 
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
 ROOT = Path(__file__).resolve().parents[1]

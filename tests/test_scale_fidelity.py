@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.config.options import parse_config
-from engine.update import Batch, optimizer_steps_for, trainable_parameters
+from engine.distributed import trainable_parameters
+from engine.update import Batch, optimizer_steps_for
 from factories import make_model_dir
 
 

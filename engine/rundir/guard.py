@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from engine.distributed import trainable_parameters
 from engine.registry import resolve, spec_name
 from filters import GUARD_SCORES, GUARDS
 
@@ -94,7 +95,7 @@ class RunGuard:
             return
         if self.writes:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_file(trainable_weights(policy.model), self.path(step))
+            save_file({n: t.cpu().contiguous() for n, t in trainable_parameters(policy.model).items()}, self.path(step))
         self.snapshots.append({"step": step, "window": []})
         self.prune()
 
@@ -200,11 +201,6 @@ class RunGuard:
 def nan_last(score: float) -> float:
     """A score for ranking: NaN (an empty window) below every number."""
     return -math.inf if math.isnan(score) else score
-
-
-def trainable_weights(model) -> dict[str, torch.Tensor]:
-    """The parameters the update changes (the LoRA ones under PEFT), as contiguous CPU copies."""
-    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_weights(model, weights: dict[str, torch.Tensor]) -> None:

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from engine.distributed import full_state_dict
 from engine.samplers.common import eos_ids
-from engine.update import full_state_dict
 from engine.types import Rollout, RolloutGroup, SamplingParams, Task
 
 
