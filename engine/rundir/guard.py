@@ -13,9 +13,10 @@ them to a run (issue 17; TTRL-Guard, arXiv 2605.19444; rise-then-fall, arXiv 260
   score over its *window*: the label-free rows sampled from the snapshot's step until the next snapshot
   (the first of them exactly with its weights, the rest with the K-1 updates after it). At most
   ``guard_keep`` scored snapshots are kept (the best) plus the latest, whose window is still open.
-- ``finish``: the snapshot with the best score is loaded into the policy and the sampler before the
-  final evaluation, unless it is the current weights; the summary gets the chosen step, its score,
-  every snapshot's score and the reason. The last snapshot's window is empty when the run ends on it
+- ``finish``: when the policy stopped the run with a rollback (``flip_alarm``), the latest snapshot at or
+  before the step the alarming rows started from is loaded; otherwise the snapshot with the best score —
+  into the policy and the sampler, before the final evaluation, unless it is the current weights; the
+  summary gets the chosen step, its score, every snapshot's score and the reason. The last snapshot's window is empty when the run ends on it
   (no rows were sampled with its weights), so it cannot be chosen: the score needs votes.
 
 Resume: the guard's state (snapshots and their windows, the label-free history, a stop) travels in the
@@ -100,7 +101,8 @@ class RunGuard:
         self.prune()
 
     def finish(self, policy, sampler, step: int) -> dict | None:
-        """Roll back to the best-scored snapshot (module docstring); the summary's ``guard`` entry."""
+        """Roll back to the snapshot before a stopping policy's alarm, else to the best-scored snapshot
+        (module docstring); the summary's ``guard`` entry."""
         if self.policy is None:
             return None
         scores = [{"step": s["step"], "score": self.score(s["window"]), "rows": len(s["window"])}
@@ -130,8 +132,8 @@ class RunGuard:
         return summary
 
     def roll_back_before_alarm(self, policy, sampler, step: int, summary: dict) -> dict:
-        """The policy stopped the run on an alarm raised by the steps after ``rollback_to``: load the
-        latest snapshot taken at or before it (its weights produced none of the alarming rows)."""
+        """The policy stopped the run on an alarm raised by the rows sampled from step ``rollback_to`` on:
+        load the latest snapshot taken at or before it (the weights the votes started moving from)."""
         before = [s["step"] for s in self.snapshots if s["step"] <= self.rollback_to]
         if not before:
             summary["reason"] = (f"{self.stop_reason}; no snapshot at or before step {self.rollback_to} is kept "
@@ -143,8 +145,9 @@ class RunGuard:
                 load_weights(policy.model, load_file(self.path(chosen)))
                 sampler.load_weights(policy.model)
                 summary["rolled_back"] = True
-            summary["reason"] = (f"rolled back from step {step} to step {chosen}, the last snapshot before the steps "
-                                 f"that raised the alarm ({self.stop_reason})")
+            summary["reason"] = (f"rolled back from step {step} to step {chosen}" if chosen != step else
+                                 f"kept the final weights (step {step})") + (
+                                 f", the last snapshot before the steps that raised the alarm ({self.stop_reason})")
         self.log(f"guard: {summary['reason']}")
         return summary
 
