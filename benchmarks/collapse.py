@@ -187,7 +187,7 @@ def summarize(runs: list[dict]) -> dict:
         for config in dict.fromkeys(r["config"] for r in rs):
             cs = [r for r in rs if r["config"] == config]
             a = stats([r["final"][TARGET] for r in cs])
-            # an alarm run is compared with the plain run of its own seed (flip_alarm_b: plain_b's)
+            # an alarm run is compared with the plain run of its own seed (flip_alarm_h: plain_h's)
             partner = {r["seed"]: r for r in rs if r["config"] == PAIRED.get(config, "plain")}
             paired = [r["final"][TARGET] - partner[r["seed"]]["final"][TARGET] for r in cs if r["seed"] in partner]
             row = {

@@ -152,12 +152,14 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
-def trainable_parameters(model) -> dict[str, torch.Tensor]:
-    """Copies of the parameters the update may change (the LoRA ones under PEFT), whole under FSDP too."""
+def trainable_parameters(model, device=None) -> dict[str, torch.Tensor]:
+    """Copies of the parameters the update may change (the LoRA ones under PEFT), whole under FSDP too;
+    made on ``device`` when given (the guard's CPU snapshots: one copy, no second one on the accelerator),
+    else where each tensor lives."""
     from torch.distributed.tensor import DTensor
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if any(isinstance(p, DTensor) for p in params.values()):
         full = full_state_dict(model)
-        return {n: full[n].detach().clone() for n in params}
-    return {n: p.detach().clone() for n, p in params.items()}
+        params = {n: full[n] for n in params}
+    return {n: p.detach().to(device or p.device, copy=True) for n, p in params.items()}

@@ -109,14 +109,15 @@ def flip_alarm(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, hi
     Why. Under TTRL the damage is done early and fast: on ``demo-systematic`` every seed peaks after the
     first episode, and in the second its majority answers flip on 10-20% of revisited prompts while
     correct → wrong transitions outnumber wrong → correct (flip rate vs correct → wrong, r = +0.80 per step;
-    ``benchmarks/results/collapse.md``). A healthy run moves its labels too, but less: 5-9% on the clean demo.
+    ``benchmarks/results/collapse.md``). A healthy run moves its labels too, mostly less: 5-14% on the clean
+    demo over ten seeds.
     Flips say the vote on many prompts is a close contest that the update is about to settle one way,
     right or wrong (TTRL-Guard, arXiv 2605.19444); stopping there and keeping the weights from before the
     contest is this guard's answer to "when do I stop, and which checkpoint do I report" (TTRL issues #40,
-    #48). The default threshold, 0.1, was read off this project's collapse benchmark (between the clean
-    runs' 0.07-0.09 and the systematic runs' 0.10-0.20 in the second episode), so it is a demo-scale
+    #48). The default threshold, 0.1, was read off this project's collapse benchmark (between seeds 0-4's
+    clean runs, 0.07-0.09, and the systematic runs, 0.10-0.20, in the second episode), so it is a demo-scale
     setting: on a slow but healthy run a burst above it stops a run that would have gone on improving (one
-    seed of five on the demo with 20% flipped labels). Needs ``guard_snapshot_every`` dividing ``window``
+    seed of five with 20% flipped labels, one of five held-out clean seeds). Needs ``guard_snapshot_every`` dividing ``window``
     for the rollback to land exactly before the window."""
     flips = [r["vote/flip_rate"] for r in [*history, signals] if not math.isnan(r.get("vote/flip_rate", math.nan))]
     if len(flips) < window:

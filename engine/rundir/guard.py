@@ -16,8 +16,9 @@ them to a run (issue 17; TTRL-Guard, arXiv 2605.19444; rise-then-fall, arXiv 260
 - ``finish``: when the policy stopped the run with a rollback (``flip_alarm``), the latest snapshot at or
   before the step the alarming rows started from is loaded; otherwise the snapshot with the best score —
   into the policy and the sampler, before the final evaluation, unless it is the current weights; the
-  summary gets the chosen step, its score, every snapshot's score and the reason. The last snapshot's window is empty when the run ends on it
-  (no rows were sampled with its weights), so it cannot be chosen: the score needs votes.
+  summary gets the chosen step, its score, every snapshot's score and the reason. The last snapshot's
+  window is empty when the run ends on it (no rows were sampled with its weights), so it cannot be chosen:
+  the score needs votes.
 
 Resume: the guard's state (snapshots and their windows, the label-free history, a stop) travels in the
 checkpoint's ``watchers``. Snapshot files named by a checkpoint are kept until a later checkpoint no longer
@@ -96,7 +97,7 @@ class RunGuard:
             return
         if self.writes:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_file({n: t.cpu().contiguous() for n, t in trainable_parameters(policy.model).items()}, self.path(step))
+            save_file({n: t.contiguous() for n, t in trainable_parameters(policy.model, "cpu").items()}, self.path(step))
         self.snapshots.append({"step": step, "window": []})
         self.prune()
 
@@ -110,9 +111,9 @@ class RunGuard:
         summary = {"policy": spec_name(self.spec), "score": spec_name(self.score_spec), "snapshots": scores,
                    "stopped": self.stop_reason, "paused_steps": int(sum(r["guard/paused"] for r in self.history)),
                    "skipped_groups": int(sum(r["guard/skipped_groups"] for r in self.history)), "rolled_back": False}
-        ranked = [s for s in scores if not math.isnan(s["score"])]
         if self.rollback_to is not None:
             return self.roll_back_before_alarm(policy, sampler, step, summary)
+        ranked = [s for s in scores if not math.isnan(s["score"])]
         if not self.every:
             summary["reason"] = "no snapshots (guard_snapshot_every 0): the final weights are kept"
         elif not ranked:
@@ -123,8 +124,7 @@ class RunGuard:
             if best["step"] == step:
                 summary["reason"] = f"the final weights (step {step}) score best ({best['score']:.4f})"
             else:
-                load_weights(policy.model, load_file(self.path(best["step"])))
-                sampler.load_weights(policy.model)
+                self.restore(best["step"], policy, sampler)
                 summary["rolled_back"] = True
                 summary["reason"] = (f"rolled back from step {step} to step {best['step']}: the best {self.score_name} "
                                      f"score of {len(ranked)} scored snapshots ({best['score']:.4f})")
@@ -142,14 +142,18 @@ class RunGuard:
             chosen = max(before)
             summary["chosen"] = {"step": chosen, "score": None}
             if chosen != step:
-                load_weights(policy.model, load_file(self.path(chosen)))
-                sampler.load_weights(policy.model)
+                self.restore(chosen, policy, sampler)
                 summary["rolled_back"] = True
             summary["reason"] = (f"rolled back from step {step} to step {chosen}" if chosen != step else
                                  f"kept the final weights (step {step})") + (
                                  f", the last snapshot before the steps that raised the alarm ({self.stop_reason})")
         self.log(f"guard: {summary['reason']}")
         return summary
+
+    def restore(self, step: int, policy, sampler) -> None:
+        """Load snapshot ``step`` into the policy, then the sampler from the policy (they generate alike)."""
+        load_weights(policy.model, load_file(self.path(step)))
+        sampler.load_weights(policy.model)
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
