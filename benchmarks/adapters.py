@@ -58,6 +58,7 @@ from benchmarks import provenance
 RESULTS = Path(__file__).parent / "results"
 FINAL = ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")
 AVG = "accuracy/avg@16"
+PLASTICITY = ("gain_a", "gain_b_after_a", "gain_b_fresh", "b_before_after_a", "b_final_after_a", "b_final_fresh")
 
 # Only what differs from the task's own settings (the demo preset: full fine-tuning, lr 1e-4, beta 0.04).
 CONFIGS: dict[str, dict] = {
@@ -93,9 +94,12 @@ def demo_pair(out: Path, n: int = 128) -> tuple[Path, Path]:
 
 
 def model_settings(model: str) -> dict:
-    """The options every run shares: the demo preset, spelt out (a merged model dir is not ``demo``)."""
+    """The options every run shares: the demo preset, spelt out (a merged model dir is not ``demo``); another
+    model by its directory (an alias such as ``smollm2-135m`` resolved, so it can be loaded and merged here)."""
     if model != "demo":
-        return {"model": model}
+        from engine.data.models import resolve_model_alias
+
+        return {"model": resolve_model_alias(model)}
     from engine.data.demo import DEMO_SETTINGS, DEMO_TEMPLATE, build_demo
 
     return {**DEMO_SETTINGS, "model": str(build_demo()[0]), "template": DEMO_TEMPLATE}
@@ -160,11 +164,6 @@ def one(name: str, seed: int, args, shared: dict, work: Path, env: dict) -> dict
                                  "drift_prompts": args.drift_prompts}, env)
     rows, c = main["rows"], main["summary"]["compute"]
     trained = [r for r in rows if "drift/kl_heldout" in r]
-    plastic = {"episodes": args.plasticity_episodes}
-    a = ttrl_run(d / "a", {**options, **plastic, "data": str(args.task_a)}, env)
-    after_a = merged_model(d / "a", shared["model"], d / "a-model")
-    b_after_a = ttrl_run(d / "b-after-a", {**options, **plastic, "data": str(args.task_b), "model": after_a}, env)
-    b_fresh = ttrl_run(d / "b-fresh", {**options, **plastic, "data": str(args.task_b)}, env)
     result = {
         "config": name, "seed": seed, "trainable_parameters": trainable_parameters(shared["model"], CONFIGS[name]),
         "before": {k: main["summary"]["before"][k] for k in FINAL},
@@ -172,23 +171,34 @@ def one(name: str, seed: int, args, shared: dict, work: Path, env: dict) -> dict
         "gain_avg16": gain(main), "gain_greedy": gain(main, "accuracy/greedy"),
         "kl_heldout_end": trained[-1]["drift/kl_heldout"], "changed_fraction_end": trained[-1]["drift/changed_fraction"],
         "update_s_per_step": c["time/update_s"] / max(c["steps"], 1), "steps": c["steps"], "wall_s": c["time/total_s"],
-        "gain_a": gain(a), "gain_b_after_a": gain(b_after_a), "gain_b_fresh": gain(b_fresh),
-        "b_before_after_a": b_after_a["summary"]["before"][AVG], "b_final_after_a": b_after_a["summary"]["after"][AVG],
-        "b_final_fresh": b_fresh["summary"]["after"][AVG],
+        **dict.fromkeys(PLASTICITY),
     }
+    if args.plasticity_episodes > 0:
+        plastic = {"episodes": args.plasticity_episodes}
+        a = ttrl_run(d / "a", {**options, **plastic, "data": str(args.task_a)}, env)
+        after_a = merged_model(d / "a", shared["model"], d / "a-model")
+        b_after_a = ttrl_run(d / "b-after-a", {**options, **plastic, "data": str(args.task_b), "model": after_a}, env)
+        b_fresh = ttrl_run(d / "b-fresh", {**options, **plastic, "data": str(args.task_b)}, env)
+        result.update({
+            "gain_a": gain(a), "gain_b_after_a": gain(b_after_a), "gain_b_fresh": gain(b_fresh),
+            "b_before_after_a": b_after_a["summary"]["before"][AVG],
+            "b_final_after_a": b_after_a["summary"]["after"][AVG], "b_final_fresh": b_fresh["summary"]["after"][AVG]})
+    plasticity = ("" if result["gain_b_fresh"] is None else
+                  f", B gain after A {100 * result['gain_b_after_a']:+.1f} vs fresh {100 * result['gain_b_fresh']:+.1f}")
     print(f"{name} seed {seed}: avg@16 {100 * result['before'][AVG]:.1f} -> {100 * result['after'][AVG]:.1f}, "
-          f"KL {result['kl_heldout_end']:.4f}, changed {100 * result['changed_fraction_end']:.1f}%, "
-          f"B gain after A {100 * result['gain_b_after_a']:+.1f} vs fresh {100 * result['gain_b_fresh']:+.1f}", flush=True)
+          f"KL {result['kl_heldout_end']:.4f}, changed {100 * result['changed_fraction_end']:.1f}%{plasticity}", flush=True)
     return result
 
 
-def mean_std(xs: list[float]) -> dict:
+def mean_std(xs: list[float | None]) -> dict | None:
+    """Mean and sample std over seeds; None where the figure was not measured (plasticity skipped)."""
+    if any(x is None for x in xs):
+        return None
     return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
 
 
 def summarize(runs: list[dict]) -> dict:
-    keys = ("gain_avg16", "gain_greedy", "kl_heldout_end", "changed_fraction_end", "update_s_per_step",
-            "gain_a", "gain_b_after_a", "gain_b_fresh", "b_before_after_a", "b_final_after_a", "b_final_fresh")
+    keys = ("gain_avg16", "gain_greedy", "kl_heldout_end", "changed_fraction_end", "update_s_per_step", *PLASTICITY)
     table = {}
     for name in dict.fromkeys(r["config"] for r in runs):
         rs = [r for r in runs if r["config"] == name]
@@ -196,18 +206,20 @@ def summarize(runs: list[dict]) -> dict:
         row["after_avg16"] = mean_std([r["after"][AVG] for r in rs])
         row["trainable_parameters"] = rs[0]["trainable_parameters"]
         row["seeds"] = [r["seed"] for r in rs]
-        fresh = row["gain_b_fresh"]["mean"]
-        row["plasticity"] = row["gain_b_after_a"]["mean"] / fresh if abs(fresh) > 1e-9 else None
+        fresh = row["gain_b_fresh"] and row["gain_b_fresh"]["mean"]
+        row["plasticity"] = row["gain_b_after_a"]["mean"] / fresh if fresh and abs(fresh) > 1e-9 else None
         table[name] = row
     return table
 
 
 def markdown(table: dict, args) -> str:
-    def pm(x: dict, scale: float = 100, fmt: str = "+.1f") -> str:
-        return f"{scale * x['mean']:{fmt}} ± {scale * x['std']:.1f}" if scale == 100 else f"{x['mean']:{fmt}}"
+    def pm(x: dict | None) -> str:
+        return "—" if x is None else f"{100 * x['mean']:+.1f} ± {100 * x['std']:.1f}"
 
-    lines = [f"### TTRL with full fine-tuning and with adapters: {args.data} ({args.episodes} episodes), "
-             f"plasticity A -> B ({args.plasticity_episodes} episodes each)", "",
+    plastic = (f"plasticity A -> B ({args.plasticity_episodes} episodes each)" if args.plasticity_episodes > 0
+               else "main runs only (no plasticity runs)")
+    lines = [f"### TTRL with full fine-tuning and with adapters: {args.model} on {args.data} ({args.episodes} "
+             f"episodes), {plastic}", "",
              "Gains in points of avg@16 (mean ± std over seeds). KL drift: mean per-token KL(policy || base) on "
              f"{args.drift_prompts} held-out prompts at the last step; changed: share of base parameters the "
              "(merged) update changed. Plasticity: gain on B after adapting on A / gain on B from the base.", "",
@@ -235,7 +247,8 @@ def main(argv=None) -> None:
     ap.add_argument("--options", help="YAML mapping of further `ttrl run` options for every run (sampler, template...)")
     ap.add_argument("--lr", nargs="*", default=[], help="NAME=VALUE: another learning rate for one configuration")
     ap.add_argument("--episodes", type=int, default=12, help="episodes of the main run (the demo preset's 12)")
-    ap.add_argument("--plasticity-episodes", type=int, default=6, help="episodes of each plasticity run")
+    ap.add_argument("--plasticity-episodes", type=int, default=6,
+                    help="episodes of each plasticity run; 0: main runs only (no plasticity figures)")
     ap.add_argument("--drift-prompts", type=int, default=8, help="tasks held out of the main task for drift/kl_heldout")
     ap.add_argument("--jobs", type=int, default=1, help="configurations at a time (one thread each)")
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
@@ -247,7 +260,7 @@ def main(argv=None) -> None:
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-adapters-"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.task_a is None or args.task_b is None:
+    if (args.task_a is None or args.task_b is None) and args.plasticity_episodes > 0:
         if args.model != "demo":
             raise SystemExit("--task-a and --task-b are needed with a model other than the demo")
         args.task_a, args.task_b = demo_pair(work)
@@ -256,7 +269,10 @@ def main(argv=None) -> None:
 
         args.data = str(build_demo()[1])
     shared = {**model_settings(args.model), **(yaml.safe_load(args.options) if args.options else {})}
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if shared.get("eval_k", 16) != 16:
+        raise SystemExit(f"--options sets eval_k {shared['eval_k']}: this benchmark reads avg@16 and maj@16 (eval_k 16)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     names = [n for n in CONFIGS if not args.only or n in args.only]
     jobs = [(n, s) for n in names for s in args.seeds]  # configuration-major: an interruption leaves whole configs
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
