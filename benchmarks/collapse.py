@@ -159,7 +159,10 @@ def guard_run(plain: dict) -> dict:
     when it kept the final weights), beside the final evaluation of the weights it rolled back to."""
     at = {p["step"]: p for p in plain["curve"]}
     chosen = plain["guard"]["chosen_step"]
-    point = at.get(chosen, plain["curve"][-1])
+    if chosen not in at:  # no figure for the weights it chose: refuse rather than read another step's
+        raise SystemExit(f"{plain['setting']} seed {plain['seed']}: the guard chose step {chosen}, which was not "
+                         f"evaluated (evaluated: {sorted(at)}); evaluate every snapshot step (eval_every)")
+    point = at[chosen]
     return {**plain, "config": "guard", "final": {k: point[k] for k in FINAL},
             "peak_minus_last": plain["best_avg16"] - point["avg16"],
             "within_1_point_of_best": plain["best_avg16"] - point["avg16"] <= 0.01}
