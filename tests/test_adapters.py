@@ -142,3 +142,21 @@ def test_the_plasticity_pair_is_two_disjoint_five_digit_tasks_split_by_the_carry
     prompts = [r["prompt"] for r in a + b]
     assert len(set(prompts)) == 256 and not set(prompts) & {t["prompt"] for t in demo_tasks()}
     assert all(int(r["answer"]) == sum(map(int, r["prompt"][:-1].split("+"))) for r in a + b)
+
+
+def adapter_run(config: str, seed: int, gain: float, plastic: dict | None = None) -> dict:
+    from benchmarks.adapters import AVG, PLASTICITY
+
+    return {"config": config, "seed": seed, "trainable_parameters": 10, "after": {AVG: 0.5 + gain},
+            "gain_avg16": gain, "gain_greedy": 0.0, "kl_heldout_end": 0.01, "changed_fraction_end": 1.0,
+            "update_s_per_step": 2.0, **dict.fromkeys(PLASTICITY), **(plastic or {})}
+
+
+def test_the_adapter_table_marks_plasticity_unmeasured_when_only_main_runs_ran():
+    from benchmarks.adapters import PLASTICITY, summarize
+
+    table = summarize([adapter_run("full", 0, 0.1), adapter_run("full", 1, 0.3),
+                       adapter_run("lora_r1", 0, 0.2, dict.fromkeys(PLASTICITY, 0.1) | {"gain_b_after_a": 0.05})])
+    assert table["full"]["gain_avg16"]["mean"] == pytest.approx(0.2)
+    assert table["full"]["gain_b_fresh"] is None and table["full"]["plasticity"] is None
+    assert table["lora_r1"]["plasticity"] == pytest.approx(0.5)
