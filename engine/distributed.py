@@ -152,6 +152,24 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
+def load_full_state(model, weights: dict[str, torch.Tensor]) -> None:
+    """Load whole tensors keyed as in one process (what ``full_state_dict`` gives) into ``model``'s
+    parameters of those names: copied in place, or, when the parameters are FSDP shards, each rank keeping
+    its own shard of them (torch's full-state-dict API; every rank passes the whole tensors and joins)."""
+    from torch.distributed.tensor import DTensor
+
+    params = dict(model.named_parameters())
+    if any(isinstance(p, DTensor) for p in params.values()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # strict=False: buffers, and the frozen weights under a partial load, are not in ``weights``
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device))
+
+
 def trainable_parameters(model, device=None) -> dict[str, torch.Tensor]:
     """Copies of the parameters the update may change (the LoRA ones under PEFT), whole under FSDP too;
     made on ``device`` when given (the guard's CPU snapshots: one copy, no second one on the accelerator),

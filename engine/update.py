@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from engine import distributed
 from engine.types import RolloutGroup
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -360,9 +361,7 @@ class GRPOPolicy:
             set_model_state_dict(self.model, state["weights"], options=options)
             set_optimizer_state_dict(self.model, trainer.optimizer.optimizer, state["optimizer"], options=options)
         else:
-            with torch.no_grad():
-                for name, value in state["weights"].items():
-                    params[name].copy_(value.to(params[name].device))
+            distributed.load_full_state(self.model, state["weights"])
             trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.lr_scheduler.load_state_dict(state["scheduler"])
         for key, value in state["counters"].items():

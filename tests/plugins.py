@@ -19,6 +19,17 @@ def short_reward(group):
     return [1.0]
 
 
+def weights_hash(weights: dict) -> str:
+    """sha256 over tensors by sorted name: their names, then their bytes (on CPU, contiguous)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(weights.items()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class ParamHashSelector:
     """first_k, recording on its way a hash of the policy's trainable weights (tests/test_distributed.py).
 
@@ -30,19 +41,15 @@ class ParamHashSelector:
         return list(range(k))
 
     def select_batch(self, groups, k, policy):
-        import hashlib
         import json
         import os
 
         from engine.distributed import trainable_parameters
 
-        digest = hashlib.sha256()
-        for name, param in sorted(trainable_parameters(policy.model).items()):  # whole, gathered under FSDP
-            digest.update(name.encode())
-            digest.update(param.cpu().contiguous().numpy().tobytes())
         rank = int(os.environ.get("RANK", "0"))
         line = {"rank": rank, "pid": os.getpid(), "step": policy.optimizer_steps, "groups": len(groups),
-                "hash": digest.hexdigest(), "sharded": bool(getattr(policy, "sharded", False))}
+                "hash": weights_hash(trainable_parameters(policy.model)),  # whole, gathered under FSDP
+                "sharded": bool(getattr(policy, "sharded", False))}
         with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
         return [list(range(k)) for _ in groups]
@@ -110,3 +117,10 @@ class SamplerSyncProbe(ParamHashSelector):
         with open(os.path.join(os.environ["TTRL_TEST_PROBE_DIR"], f"sync{rank}.jsonl"), "a") as f:
             f.write(json.dumps({"step": policy.optimizer_steps, "tasks": [g.task.id for g in groups], **diffs}) + "\n")
         return out
+
+
+def latest_scored(window):
+    """A guard score (``--guard_score plugins:latest_scored``) that ranks every snapshot with votes
+    alike, so the latest snapshot whose weights sampled a row wins (ties go to the later one): a rollback
+    to the step before the last, whatever the votes (tests/test_distributed.py, tests/test_fsdp.py)."""
+    return float("nan") if not window else 0.0

@@ -160,6 +160,34 @@ def test_a_two_rank_update_equals_the_one_process_update_of_the_whole_batch(tiny
     assert diff <= 1e-5 * largest
 
 
+# The guard on N ranks: a snapshot after every step, the latest one with votes chosen (snapshot 3 of 4).
+GUARDED = ["--guard", "watch", "--guard_snapshot_every", "1", "--guard_score", "plugins:latest_scored",
+           "--eval_every", "1"]
+
+
+def check_rollback_on_every_rank(run_dir: Path, probe: Path, out: str) -> None:
+    """Both ranks ended on snapshot 3: it holds the weights both hashed after step 3, and the final
+    evaluation (each rank grades its half of the prompts) gives step 3's greedy accuracy again."""
+    from safetensors.torch import load_file
+
+    from plugins import weights_hash
+
+    assert (run_dir / "summary.json").exists(), out[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["guard"]["rolled_back"] and summary["guard"]["chosen"]["step"] == 3, summary["guard"]
+    hashes = [{x["step"]: x["hash"] for x in probe_lines(probe, r)} for r in (0, 1)]
+    assert hashes[0][3] == hashes[1][3] == weights_hash(load_file(run_dir / "guard" / "step-000003.safetensors"))
+    greedy = {row["step"]: row["accuracy/greedy"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    assert greedy[3] != greedy[4], "steps 3 and 4 must grade differently for the check below to mean something"
+    assert summary["after"]["accuracy/greedy"] == greedy[3]
+
+
+def test_two_ranks_roll_back_to_a_guard_snapshot_together(tmp_path):
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    out = finish(ttrl_torchrun(2, *DEMO, *GUARDED, "--output_dir", str(run_dir), probe=probe))
+    check_rollback_on_every_rank(run_dir, probe, out)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--selector", "influence"], "influence selector filters per-row gradients"),
     (["--rollout_workers", "2"], "rollout_workers 2 is not supported with 2 processes"),

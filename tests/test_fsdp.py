@@ -23,7 +23,8 @@ import yaml
 from engine import distributed
 from engine.config.options import parse_config
 from engine.errors import ConfigError
-from test_distributed import DEMO, ROOT, TESTS, env, finish, free_port, probe_lines, without_times
+from test_distributed import (DEMO, GUARDED, ROOT, TESTS, check_rollback_on_every_rank, env, finish, free_port,
+                              probe_lines, without_times)
 
 FSDP_CONFIG = ROOT / "engine" / "config" / "accelerate" / "fsdp.yaml"
 BF16 = ["--dtype", "bfloat16"]  # FSDP2's mixed precision: bf16 compute, float32 sharded masters
@@ -84,6 +85,13 @@ def test_an_fsdp_run_resumed_after_ctrl_c_ends_like_the_uninterrupted_one(fsdp_r
     out = finish(ttrl_fsdp("--resume", str(run_dir), probe=probe))
     assert (run_dir / "summary.json").exists(), out[-3000:]
     assert without_times(run_dir) == without_times(uninterrupted)
+
+
+def test_an_fsdp_run_rolls_back_to_a_guard_snapshot_on_every_rank(tmp_path):
+    """Snapshots gather the shards (every rank joins); the rollback loads rank 0's file into each rank's shard."""
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    out = finish(ttrl_fsdp(*DEMO, *BF16, *GUARDED, "--output_dir", str(run_dir), probe=probe))
+    check_rollback_on_every_rank(run_dir, probe, out)
 
 
 def test_a_two_rank_fsdp_update_equals_the_one_process_update_of_the_whole_batch(tiny_model, tmp_path):

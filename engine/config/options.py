@@ -546,9 +546,6 @@ def check_distributed(cfg: Config, selector) -> None:
         raise ConfigError(f"selector {cfg.ttrl.selector!r} is not supported {where}: the influence selector filters "
                           "per-row gradients before the optimizer step, and doing that before DDP's gradient "
                           "all-reduce is not built; run it in one process, or choose first_k / max_variance")
-    if cfg.ttrl.guard_snapshot_every:
-        raise ConfigError(f"guard_snapshot_every is not supported {where} yet: rank 0 writes the snapshots and a "
-                          "rollback on every rank is not built; run the guard without snapshots (0), or in one process")
     if cfg.ttrl.rollout_workers > 1:
         raise ConfigError(f"rollout_workers {cfg.ttrl.rollout_workers} is not supported {where}: every rank already "
                           "samples its own share of the prompts; use one or the other")

@@ -20,6 +20,10 @@ them to a run (issue 17; TTRL-Guard, arXiv 2605.19444; rise-then-fall, arXiv 260
   window is empty when the run ends on it (no rows were sampled with its weights), so it cannot be chosen:
   the score needs votes.
 
+N ranks (torchrun, FSDP, Ray Train): the rows are the same on every rank, so every rank screens, scores and
+chooses alike; rank 0 writes the snapshot files (under FSDP every rank joins the gather), and a rollback
+loads the file on every rank (``restore``).
+
 Resume: the guard's state (snapshots and their windows, the label-free history, a stop) travels in the
 checkpoint's ``watchers``. Snapshot files named by a checkpoint are kept until a later checkpoint no longer
 needs them (a checkpoint is swapped in atomically, so the previous one may still be the one a resume
@@ -35,6 +39,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from engine import distributed
 from engine.distributed import trainable_parameters
 from engine.registry import resolve, spec_name
 from filters import GUARD_SCORES, GUARDS
@@ -95,9 +100,11 @@ class RunGuard:
         """Take a snapshot at step 0 (the base weights) and every ``every`` optimizer steps."""
         if not self.every or step % self.every or any(s["step"] == step for s in self.snapshots):
             return
-        if self.writes:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            save_file({n: t.contiguous() for n, t in trainable_parameters(policy.model, "cpu").items()}, self.path(step))
+        if self.writes or getattr(policy, "sharded", False):  # under FSDP the gather is a collective: every rank joins
+            weights = trainable_parameters(policy.model, "cpu")
+            if self.writes:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                save_file({n: t.contiguous() for n, t in weights.items()}, self.path(step))
         self.snapshots.append({"step": step, "window": []})
         self.prune()
 
@@ -151,7 +158,11 @@ class RunGuard:
         return summary
 
     def restore(self, step: int, policy, sampler) -> None:
-        """Load snapshot ``step`` into the policy, then the sampler from the policy (they generate alike)."""
+        """Load snapshot ``step`` into the policy, then the sampler from the policy (they generate alike).
+        With N ranks every rank takes the same decision (their rows are the same, ``engine.loop``) and
+        reads rank 0's file once rank 0 has written it (the run directory is shared, as for checkpoints);
+        under FSDP each keeps its shard."""
+        distributed.barrier()
         load_weights(policy.model, load_file(self.path(step)))
         sampler.load_weights(policy.model)
 
@@ -212,10 +223,8 @@ def nan_last(score: float) -> float:
 
 def load_weights(model, weights: dict[str, torch.Tensor]) -> None:
     """Copy a snapshot into the model's trainable parameters; every one must be there."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != set(params):
+    params = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != params:
         raise ValueError(f"guard snapshot does not match the model's trainable parameters: "
-                         f"missing {sorted(set(params) - set(weights))[:5]}, unknown {sorted(set(weights) - set(params))[:5]}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device))
+                         f"missing {sorted(params - set(weights))[:5]}, unknown {sorted(set(weights) - params)[:5]}")
+    distributed.load_full_state(model, weights)
