@@ -33,7 +33,8 @@ reached 1.5 in 4 steps and avg@16 fell 63.9 -> 13.4; at 1e-3: KL 0.006, avg@16 -
 overrides one; another model needs its own (``--model``, ``--data``, ``--task-a``/``--task-b``,
 ``--options`` for sampler, template, answer type...).
 
-Usage: ``python -m benchmarks.adapters [--seeds 0 1 2] [--jobs 1] [--episodes 12] [--plasticity-episodes 6]``.
+Usage: ``python -m benchmarks.adapters [--seeds 0 1 2] [--jobs 1] [--episodes 12] [--plasticity-episodes 6]``
+(``--plasticity-episodes 0``: main runs only; ``--add NEW=NAME:LR``: a configuration at a second learning rate).
 Writes benchmarks/results/adapters.json and adapters.md.
 """
 
@@ -246,6 +247,8 @@ def main(argv=None) -> None:
     ap.add_argument("--task-b", type=Path, help="plasticity task B (default with the demo: sums with a carry)")
     ap.add_argument("--options", help="YAML mapping of further `ttrl run` options for every run (sampler, template...)")
     ap.add_argument("--lr", nargs="*", default=[], help="NAME=VALUE: another learning rate for one configuration")
+    ap.add_argument("--add", nargs="*", default=[],
+                    help="NEW=NAME:LR: a further configuration, NAME's at another learning rate (full_1e-5=full:1e-5)")
     ap.add_argument("--episodes", type=int, default=12, help="episodes of the main run (the demo preset's 12)")
     ap.add_argument("--plasticity-episodes", type=int, default=6,
                     help="episodes of each plasticity run; 0: main runs only (no plasticity figures)")
@@ -257,6 +260,10 @@ def main(argv=None) -> None:
     for item in args.lr:
         name, _, value = item.partition("=")
         CONFIGS[name]["learning_rate"] = float(value)
+    for item in args.add:
+        new, _, spec = item.partition("=")
+        name, _, value = spec.partition(":")
+        CONFIGS[new] = {**CONFIGS[name], "learning_rate": float(value)}
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-adapters-"))
     work.mkdir(parents=True, exist_ok=True)
