@@ -10,7 +10,8 @@ Checked: the run finishes with one metrics row per step, both workers hold the s
 step, and its metrics equal the torchrun two-process run of the same options (the same ranks, seeds,
 shards and gloo all-reduce: Ray Train only launches them differently). A worker SIGKILLed on its first
 attempt after step 2 is restarted with its group by Ray Train; the new group resumes from the step-2
-checkpoint and ends with the same 4 steps and the same metrics as the uninterrupted run.
+checkpoint and ends with the same 4 steps and the same metrics as the uninterrupted run. With the
+collapse guard's snapshots, both workers end on the snapshot the guard chose.
 
 Without Ray these tests skip, unless TTRL_REQUIRE_RAY=1 (CI sets it): then a missing Ray fails the run.
 """
@@ -31,7 +32,8 @@ import pytest
 if os.environ.get("TTRL_REQUIRE_RAY") != "1":
     pytest.importorskip("ray.train")
 
-from test_distributed import DEMO, env, finish, probe_lines, torchrun, without_times  # noqa: E402
+from test_distributed import (DEMO, GUARDED, check_rollback_on_every_rank, env, finish, probe_lines,  # noqa: E402
+                              torchrun, without_times)
 
 from engine import distributed  # noqa: E402
 from engine.config.options import parse_config  # noqa: E402
@@ -133,3 +135,11 @@ def test_what_ray_train_workers_do_not_support_is_refused_at_start_up(monkeypatc
     monkeypatch.setattr(distributed, "world_size", lambda: launched)  # as under torchrun, without a process group
     with pytest.raises(ConfigError, match=message):
         parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--num_workers", "2", *args])
+
+
+def test_ray_train_workers_roll_back_to_a_guard_snapshot_together(demo_model, tmp_path):
+    """Rank 0's snapshot files, in the shared run directory, loaded by both workers at the rollback."""
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    done = ray_train_run(run_dir, probe, *GUARDED)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    check_rollback_on_every_rank(run_dir, probe, done.stdout + done.stderr)
