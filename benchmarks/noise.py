@@ -1,6 +1,7 @@
 """A majority vote with injected label noise, for robustness benchmarks only.
 
-DTV (see ANCHORS.md) reverses 20% of reward rankings to mimic the noise of pseudo-labels. Here a
+DTV (Jia, Yang, Huang, Liu, "Not All Rollouts Are Worth Learning: On Trajectory Valuation for Post-Training
+RL", 2026) reverses 20% of reward rankings to mimic the noise of pseudo-labels. Here a
 random ``flip`` fraction of groups get inverted rewards (1 - r): the rollouts that agreed with the
 majority are punished and the dissenters rewarded. The draw is keyed on the task id and a visit
 counter, so it is reproducible for a seed and independent of batch composition.

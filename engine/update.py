@@ -3,8 +3,9 @@
 Why this seam. TRL's ``GRPOTrainer`` owns the loss, the KL estimator against the reference (with
 PEFT the reference is the base model with the adapter disabled, so the anchor costs no second copy),
 the optimizer, scheduler, gradient accumulation and checkpointing — we reuse all of it and
-re-implement none. What it does not have is a hook between scoring and the loss (research notes:
-ANCHORS.md, "TRL"). Its experimental ``rollout_func`` is the narrowest door in: whatever it returns
+re-implement none. What it does not have is a hook between scoring and the loss (TRL 1.16's
+``trl/trainer/grpo_trainer.py``: https://github.com/huggingface/trl/blob/v1.16.0/trl/trainer/grpo_trainer.py).
+Its experimental ``rollout_func`` is the narrowest door in: whatever it returns
 replaces TRL's own generation, and extra fields reach the reward functions. So one engine step is:
 
   engine batch ──► rollout_func returns its prompt/completion ids and sampling log-probs

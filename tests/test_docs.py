@@ -1,9 +1,11 @@
 """The documentation stays true to the code: the generated configuration page is current, the README
-is a front door (short, its links resolve), and every relative link in docs/ points at a real file."""
+is a front door (short, its links resolve), every relative link in docs/ points at a real file, and no
+tracked file cites notes that live outside the repository."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,17 @@ def test_relative_links_resolve(page: Path):
     missing = [target for target in LINK.findall(page.read_text(encoding="utf-8"))
                if "://" not in target and not (page.parent / target).exists()]
     assert not missing, f"{page.name} links to files that do not exist: {missing}"
+
+
+def test_no_tracked_file_cites_notes_outside_the_repository():
+    """A clone has no ../shared: cite the paper, the upstream file or issue, or a page under docs/ instead."""
+    names = ["ANCHORS" + ".md", "ENVIRONMENT" + ".md"]  # built from parts, so this file does not match itself
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    citing = []
+    for rel in filter(None, tracked.split("\0")):
+        path = ROOT / rel
+        if not path.is_file():  # deleted in the work tree, not yet committed
+            continue
+        text = path.read_bytes().decode("utf-8", errors="ignore")
+        citing += [f"{rel} ({name})" for name in names if name in text]
+    assert not citing, f"files cite notes a clone does not have: {citing}"

