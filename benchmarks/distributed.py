@@ -12,7 +12,8 @@ efficiency = T_1 / (2 x T_2). With perfectly parallel work two ranks would take 
 rest of T_2, (T_2 - T_1/2) / T_2, is the step's *non-parallel share*: the all-gathers of scored groups,
 DDP's gradient all-reduce, the wait for the slower rank, and work every rank repeats (filters and
 telemetry on the gathered list) — an upper bound on the communication share, which is not timed apart.
-Compared with the Ray fan-out's efficiency for separate jobs (``benchmarks/results/ray.json``).
+Compared with the Ray fan-out's efficiency for separate jobs when ``benchmarks/results/ray.json`` exists
+(``python -m benchmarks.ray_bench`` writes it; without it the comparison is left out).
 
 Per GPU, in GB, for Qwen2.5-Math-1.5B and -7B (the TTRL recipes in ``benchmarks/configs``), full
 fine-tuning and LoRA (r 16 on every linear layer), on 1 / 2 / 4 / 8 GPUs of 80 GB. The terms, each from

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     c, m = result["checkpoint"], result["memory"]
     table = "\n".join([
         "# Reliability: checkpoint cost and memory over a long run", "",
-        f"`{result['command']}` (demo model, full fine-tuning; 2 CPU cores)", "",
+        f"`{result['command']}` (demo model, full fine-tuning; {result['provenance']['cpu_count']} CPU cores)", "",
         "| measure | value |", "|---|---:|",
         f"| steps | {len(rows)} |",
         f"| checkpoints written | {c['saves']} |",

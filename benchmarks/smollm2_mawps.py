@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "smollm2_mawps.json").write_text(json.dumps(result, indent=2))
     lines = ["# SmolLM2-135M-Instruct on MAWPS SingleOp (first 32), before and after TTRL", "",
-             f"`{result['command']}` ({args.sampler} sampler, 2 CPU cores, {c['steps']} steps, "
+             f"`{result['command']}` ({args.sampler} sampler, {result['provenance']['cpu_count']} CPU cores, {c['steps']} steps, "
              f"{result['minutes']['total']:.0f} min)", "",
              "| metric | before | after | change (points) |", "|---|---:|---:|---:|"]
     for k in after:

@@ -1,8 +1,9 @@
 """Every results file is written whole by its script, and says where and how it was measured.
 
-For each ``benchmarks/results/*.json``: a ``provenance`` record (benchmarks/provenance.py) naming the
-script, command, git commit, date, CPU and packages; and no key the script cannot write. A key counts as
-writable when it is a string literal in the script's source or in benchmarks/provenance.py (its
+For each ``benchmarks/results/*.json``, without exception: a ``provenance`` record
+(benchmarks/provenance.py) naming the script, command, git commit (40 hex digits), date, CPU and
+packages; and no key the script cannot write. A result that cannot name the commit that made it is
+deleted, not excused. A key counts as writable when it is a string literal in the script's source or in benchmarks/provenance.py (its
 ``ast`` constants, list elements and dict keys included) or a keyword argument's name there. Only identifier-like keys are checked
 (``plain_quiet_estimate_s``, ``note``); keys with other characters are data the script copies or
 indexes by (seed numbers, metric names such as ``accuracy/avg@16``, package names). A field added by
@@ -24,15 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PROVENANCE_SOURCE = ROOT / "benchmarks" / "provenance.py"
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-# Results measured before provenance existed and not re-run since, each with the reason. Keep this short:
-# a file leaves the list when its script is re-run (they all write provenance now).
-LEGACY = {
-    "smollm2_mawps.json": "SmolLM2-135M TTRL run, ~1 h on 2 cores: not re-run in issue 14",
-    "influence_overhead.json": "its SmolLM2 case takes ~10 min of a free machine: not re-run in issue 14",
-    "ray.json": "needs two free cores for its parallel-efficiency bar: not re-run in issue 14",
-    "reliability.json": "a 200-step run; not re-run in issue 14 (shared machine at load average ~8 on 2 cores)",
-}
 
 
 def string_literals(path: Path) -> set[str]:
@@ -60,28 +52,38 @@ def results_files() -> list[Path]:
     return sorted(RESULTS.glob("*.json"))
 
 
-def test_legacy_list_names_existing_files_only():
-    stale = [name for name in LEGACY if not (RESULTS / name).exists()]
-    assert not stale, f"LEGACY lists results files that no longer exist: {stale}"
+def check_result(name: str, data) -> None:
+    """Fail unless ``data`` (results file ``name``) has a full provenance record with a 40-hex commit and
+    no identifier-like key its script does not write."""
+    assert isinstance(data, dict) and isinstance(data.get("provenance"), dict), (
+        f"{name}: no provenance record (benchmarks/provenance.py collect())")
+    prov = data["provenance"]
+    missing = [k for k in provenance.REQUIRED if k not in prov]
+    assert not missing, f"{name}: provenance lacks {missing}"
+    script = ROOT / prov["script"]
+    assert script.is_file(), f"{name}: provenance names {prov['script']}, which does not exist"
+    commit = prov["git_commit"]
+    assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit), f"{name}: git_commit {commit!r}"
+    allowed = string_literals(script) | string_literals(PROVENANCE_SOURCE)
+    extra = unknown_keys(data, allowed)
+    assert not extra, f"{name}: keys {prov['script']} does not write (added by hand?): {extra}"
 
 
 @pytest.mark.parametrize("path", results_files(), ids=lambda p: p.name)
 def test_results_file_has_provenance_and_only_keys_its_script_writes(path: Path):
-    data = json.loads(path.read_text())
-    if path.name in LEGACY:
-        assert "provenance" not in data, f"{path.name} now has provenance: take it off the LEGACY list"
-        return
-    assert isinstance(data, dict) and isinstance(data.get("provenance"), dict), (
-        f"{path.name}: no provenance record (benchmarks/provenance.py collect())")
-    prov = data["provenance"]
-    missing = [k for k in provenance.REQUIRED if k not in prov]
-    assert not missing, f"{path.name}: provenance lacks {missing}"
-    script = ROOT / prov["script"]
-    assert script.is_file(), f"{path.name}: provenance names {prov['script']}, which does not exist"
-    assert re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"]), f"{path.name}: git_commit {prov['git_commit']!r}"
-    allowed = string_literals(script) | string_literals(PROVENANCE_SOURCE)
-    extra = unknown_keys(data, allowed)
-    assert not extra, f"{path.name}: keys {prov['script']} does not write (added by hand?): {extra}"
+    check_result(path.name, json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("commit", [None, "", "fb08663", "not-a-commit" * 4])
+def test_a_result_without_a_full_commit_fails(commit):
+    record = provenance.collect(str(ROOT / "benchmarks" / "default_run.py"), [])
+    check_result("default_run.json", {"provenance": record})  # the record as collected passes
+    if commit is None:
+        del record["git_commit"]
+    else:
+        record["git_commit"] = commit
+    with pytest.raises(AssertionError, match="git_commit"):
+        check_result("default_run.json", {"provenance": record})
 
 
 def test_every_markdown_result_has_its_json():

@@ -1,10 +1,10 @@
 """Generated arithmetic questions with verifiable answers: a task a small real model can be adapted on.
 
 TTRL only helps where the base model's majority vote is right often enough to reward the right answers
-(arXiv 2504.16084, §5: the method fails when the prior is too weak). SmolLM2-135M-Instruct is right on
-~10% of MAWPS word problems, too weak for that; asked for a sum or product of small numbers it is right
-on a fair share of samples and its majority more often still (benchmarks/results/real_task_search.md
-measures which forms and operand ranges give the widest maj@k - avg@k gap). This module makes such
+(arXiv 2504.16084, §5: the method fails when the prior is too weak). SmolLM2-135M-Instruct is weak on
+word problems such as MAWPS; asked for a sum or product of small numbers it is right on a fair share of
+samples and its majority more often still (benchmarks/results/real_task_search.md measures which forms and
+operand ranges give the widest maj@k - avg@k gap). This module makes such
 questions in code, so the task needs no data file and no download:
 
 ``arithmetic_tasks(64, op="+", low=0, high=9)`` -> 64 distinct ``Task("add-3-4", "What is 3 + 4?", "7")``.

@@ -24,11 +24,11 @@ per-row gradients are r x in); scoring adds per layer one GEMM-sized dot product
 squared norms, and removing the dropped rows one more GEMM over those rows only. For LoRA that is small
 beside the frozen base's forward and backward; under full fine-tuning each is as large as a weight-gradient
 GEMM (the update does about four per layer: forward, reference forward, two in the backward), so
-expect ~25-35% there (measured +33% on the demo model; SmolLM2-135M with LoRA r=16: the selector's clock
-2% of the update). Memory: LoRA rows materialised, B x sum(r x (in + out)) floats; full layers kept as
-their (G, X) factors, which the backward held anyway. Measured: benchmarks/results/influence_overhead.md.
+expect a sizeable fraction of the update there. Memory: LoRA rows materialised, B x sum(r x (in + out))
+floats; full layers kept as their (G, X) factors, which the backward held anyway. ``python -m
+benchmarks.influence_overhead`` times both stages against the update.
 Rollouts stage: one forward over all N_vote rollouts plus a backward down to the lowest hooked layer,
-plus O(N D) for the features: 2.0-3.2x the update on the demo — the price of choosing among all N_vote.
+plus O(N D) for the features — the price of choosing among all N_vote.
 The ``labeled`` target adds one such forward and backward over the labeled examples each time rows are
 scored (every micro-batch, in the update stage). Preconditioning materialises the rows (O(N D), elementwise); a Rademacher projection to d
 dims (LESS uses d = 8192) costs O(N D d), off by default.
