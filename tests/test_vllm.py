@@ -174,6 +174,32 @@ def test_weights_sync_after_a_ttrl_update(model_dir, tokenizer, vllm_sampler, tm
         assert not any(getattr(m, "merged", False) for m in policy.model.modules())
 
 
+def test_sequential_voting_samples_in_rounds_through_vllm(model_dir, tokenizer, vllm_sampler, tmp_path, monkeypatch):
+    """``--sequential_vote enforce`` through the loop on the module's engine: round 1 samples n_train (4) of
+    every prompt, later rounds 4 more of the undecided ones only, and the run trains and finishes."""
+    from engine.config.options import parse_config
+    from engine.loop import run
+    from engine.update import GRPOPolicy
+
+    cfg = parse_config(["--model", str(model_dir), "--data", "unused.jsonl", "--n_votes", "12", "--n_train", "4",
+                        "--sequential_vote", "enforce", "--vote_round", "4", "--prompts_per_step", "2",
+                        "--max_completion_length", "8", "--eval_k", "1", "--eval_greedy", "false", "--lora", "false",
+                        "--beta", "0.0", "--output_dir", str(tmp_path / "out"), "--progress", "false"])
+    policy = GRPOPolicy(str(model_dir), tokenizer, cfg.grpo, lora=None, total_steps=2, sampler_is_separate_engine=True)
+    vllm_sampler.load_weights(policy.model)  # start from the checkpoint (undoes another test's update)
+    calls = []
+    generate = vllm_sampler.generate
+    monkeypatch.setattr(vllm_sampler, "generate", lambda tasks, params, desc="sample": calls.append(
+        (len(tasks), params.n)) or generate(tasks, params, desc=desc))
+    summary = run(cfg, sampler=vllm_sampler, policy=policy, tasks=make_tasks(tokenizer)[:4], out_dir=tmp_path / "out",
+                  log=lambda s: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    training = [n for tasks, n in calls if n != 1]  # the evaluations sample eval_k = 1
+    assert training[0] == 4 and set(training) <= {4} and len(training) > len(rows)  # rounds of 4, past round 1
+    assert all(4 <= row["sampling/votes_mean"] <= 12 for row in rows) and max(r["sampling/vote_rounds"] for r in rows) > 1
+    assert summary["compute"]["steps"] >= 1 and summary["compute"]["tokens/generated"] > 0
+
+
 def test_ttrl_run_with_the_vllm_sampler(model_dir, tmp_path):
     data = tmp_path / "tasks.jsonl"
     data.write_text("".join(json.dumps({"id": f"t{i}", "question": f"{i}+{i}=", "answer": str(2 * i)}) + "\n"
