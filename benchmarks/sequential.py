@@ -16,6 +16,10 @@ Configurations (32 votes each):
   difference is read against.
 - ``seq16``: enforce, train on 16: round 1 is the 16 training rows, then rounds of 8 (floor: 0.5x the votes).
 - ``seq8``: enforce, train on 8: round 1 is 8 rows, then rounds of 8 (floor 0.25x).
+- ``seq16_keep``, ``seq8_keep``: the same with ``--vote_unanimous train``: a group unanimous after round 1
+  stops sampling but is trained on, as plain TTRL trains it (zero advantage, the KL term only), so the run
+  takes plain's steps and only the votes are cut; ``seq16``/``seq8`` drop and refill it (DAPO), which
+  concentrates the same prompt budget into fewer, all-contested steps.
 
 Per run: final greedy / avg@16 / maj@16, tokens generated (sampled) and trained, seconds per stage,
 votes sampled per prompt, groups decided early and dropped unanimous, pseudo-label accuracy (TTRL's
@@ -50,6 +54,9 @@ CONFIGS: dict[str, dict] = {
     "plain_b": {},
     "seq16": {"sequential_vote": "enforce", "vote_round": 8},
     "seq8": {"sequential_vote": "enforce", "vote_round": 8, "n_train": 8},
+    # the same, with the unanimous groups trained on as plain TTRL trains them (only the votes are cut)
+    "seq16_keep": {"sequential_vote": "enforce", "vote_round": 8, "vote_unanimous": "train"},
+    "seq8_keep": {"sequential_vote": "enforce", "vote_round": 8, "n_train": 8, "vote_unanimous": "train"},
 }
 SEED_OFFSET = {"plain_b": 100}
 STEP_KEYS = ("sampling/votes_mean", "sampling/decided_early", "sampling/unanimous_dropped", "label_accuracy",

@@ -88,7 +88,8 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             sampled, kept, counts = collect_groups(stream, sampler, params, score, stages, rng, want=t.prompts_per_step,
                                                    rounds=1 + t.max_refill_rounds, progress=bar.update,
                                                    desc=f"step {record.step + 1} sample", votes=t.sequential_vote,
-                                                   rule=rule, iteration=row["iteration"])
+                                                   rule=rule, iteration=row["iteration"],
+                                                   drop_unanimous=t.vote_unanimous == "drop")
             row.update(counts)
             if sampled:  # else the stream ended on prompts GRESO skipped: a row that records them
                 row.update(telemetry(sampled, labels, t.answer_type))
@@ -127,7 +128,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
 
 def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score, stages, rng: random.Random, *,
                    want: int, rounds: int, progress, desc: str, votes: str = "off", rule: SequentialVote | None = None,
-                   iteration: int = 0) -> tuple[list[RolloutGroup], list[RolloutGroup], dict]:
+                   iteration: int = 0, drop_unanimous: bool = True) -> tuple[list[RolloutGroup], list[RolloutGroup], dict]:
     """Steps 1-2 of a TTRL step: sample, score and filter up to ``want`` groups, in at most ``rounds`` rounds.
 
     Each round takes fresh prompts from ``stream``, samples ``params.n`` (n_votes) rollouts for each and
@@ -140,7 +141,8 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
     untouched). With ``votes`` (``--sequential_vote``) ``enforce`` each prompt is sampled in rounds until
     ``rule`` finds its vote decided (``engine.samplers.rounds``; the draws seeded by ``iteration``), and a group
     unanimous after round 1 is dropped, after the filters have seen it (GRESO's history learns it was
-    degenerate), and refilled (``sampling/unanimous_dropped``, in ``groups/dropped``); ``monitor`` samples
+    degenerate), and refilled (``sampling/unanimous_dropped``, in ``groups/dropped``) — or, without
+    ``drop_unanimous`` (``--vote_unanimous train``), trained on as plain TTRL would; ``monitor`` samples
     all n_votes and counts what the rule would have done. Returns every group sampled, the groups kept, and
     the row's sampling counts.
     """
@@ -175,13 +177,13 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
         counts["sampling/rounds"] += 1
         sampled += groups
         survivors, filter_counts = apply_filters(stages, groups)  # every group: GRESO learns the unanimous ones too
-        kept += [grp for grp in survivors if not grp.stats.get(UNANIMOUS)]  # sequential voting: no advantage
+        kept += [grp for grp in survivors if not (drop_unanimous and grp.stats.get(UNANIMOUS))]  # no advantage
         for key, value in filter_counts.items():
             counts[key] = counts.get(key, 0) + value
         if len(kept) >= want:
             break
     if votes != "off":
-        counts.update(vote_counts(sampled, rule, votes))
+        counts.update(vote_counts(sampled, rule, votes, dropped=drop_unanimous))
     return sampled, kept, counts
 
 

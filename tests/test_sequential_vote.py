@@ -158,6 +158,7 @@ def test_collect_groups_drops_unanimous_groups_and_refills_after_the_filters_saw
     (["--vote_round", "4"], "vote_round needs --sequential_vote enforce"),
     (["--sequential_vote", "enforce", "--n_votes", "32", "--n_train", "32"],
      "sequential_vote enforce cannot save any vote: its first round samples max(n_train, vote_round) = max(32, 8)"),
+    (["--sequential_vote", "monitor", "--vote_unanimous", "train"], "vote_unanimous train needs --sequential_vote enforce"),
     (["--sequential_vote", "monitor", "--vote_round", "64"],
      "= max(32, 64) = 64 rollouts per prompt, and n_votes is 64"),
 ])
@@ -217,6 +218,18 @@ def test_an_enforced_run_samples_fewer_votes_and_still_trains(enforced, tmp_path
         assert 8 <= row["sampling/would_sample_mean"] <= 32 and 0 <= row["sampling/decision_differs"] <= 1
         assert {"sampling/would_decide_early", "sampling/would_drop_unanimous"} <= set(row)
         assert "sampling/would_sample" not in row  # the per-group notes are not averaged into the row
+
+
+def test_unanimous_groups_stop_sampling_but_train_with_vote_unanimous_train(enforced, tmp_path):
+    """``--vote_unanimous train``: the unanimous groups still stop after round 1, but they are trained on, as
+    plain TTRL trains them, so every prompt of the step is trained and nothing is refilled."""
+    out = tmp_path / "train"
+    demo_run(out, "--sequential_vote", "enforce", "--vote_unanimous", "train")
+    rows = metrics(out)
+    assert sum(r["sampling/unanimous_trained"] for r in rows) > 0 and "sampling/unanimous_dropped" not in rows[0]
+    assert all(r["groups/trained"] == r["prompts/sampled"] == 4 for r in rows)
+    assert len(rows) == 3 > len(metrics(enforced))  # 12 prompts, 4 a step; dropping refills, so fewer steps
+    assert all(r["sampling/votes_mean"] < 32 for r in rows)
 
 
 def test_an_enforced_run_resumes_to_the_rows_it_would_have_written(enforced, tmp_path):

