@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,8 @@ import pytest
 if os.environ.get("TTRL_REQUIRE_RAY") != "1":
     pytest.importorskip("ray.train")
 
-from test_distributed import (DEMO, GUARDED, check_rollback_on_every_rank, env, finish, probe_lines,  # noqa: E402
-                              torchrun, without_times)
+from test_distributed import (DEMO, GUARDED, check_rollback_on_every_rank, env, probe_lines,  # noqa: E402
+                              without_times)
 
 from engine import distributed  # noqa: E402
 from engine.config.options import parse_config  # noqa: E402
@@ -43,12 +42,6 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_memory_monitor_refresh_ms": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +66,16 @@ def ray_train_run(run_dir: Path, probe: Path, *extra: str, extra_env: dict | Non
 
 @pytest.fixture(scope="module")
 def ray_train_two_workers(demo_model, tmp_path_factory) -> tuple[Path, Path, str]:
-    """An uninterrupted two-worker Ray Train run of the demo: (run directory, probe folder, output)."""
+    """An uninterrupted two-worker Ray Train run of the demo, guarded: (run directory, probe folder, output)."""
     base = tmp_path_factory.mktemp("ray-train")
     run_dir, probe = base / "run", base / "probe"
-    done = ray_train_run(run_dir, probe)
+    done = ray_train_run(run_dir, probe, *GUARDED)
     out = done.stdout + done.stderr
     assert done.returncode == 0 and (run_dir / "summary.json").exists(), out[-4000:]
     return run_dir, probe, out
 
 
-def test_two_ray_train_workers_keep_identical_weights_and_match_torchrun(ray_train_two_workers, tmp_path):
+def test_two_ray_train_workers_keep_identical_weights_and_match_torchrun(ray_train_two_workers, two_ranks):
     run_dir, probe, out = ray_train_two_workers
     ranks = [probe_lines(probe, r) for r in (0, 1)]
     assert [x["step"] for x in ranks[0]] == [0, 1, 2, 3], out[-3000:]
@@ -97,20 +90,16 @@ def test_two_ray_train_workers_keep_identical_weights_and_match_torchrun(ray_tra
     assert json.loads((run_dir / "run.lock").read_text())["pid"] == ranks[0][0]["pid"], "rank 0 holds the lock"
     assert "ttrl run: finished on 2 Ray Train workers" in out
 
-    torchrun_dir = tmp_path / "torchrun"
-    # A port of our own: with --master_port 0 (test_distributed's default) torch 2.13's ranks wait on port 0.
-    done = finish(torchrun(2, "--master_port", str(free_port()), "-m", "engine.cli.main", "run", *DEMO,
-                           "--output_dir", str(torchrun_dir), probe=tmp_path / "probe"))
-    assert (torchrun_dir / "summary.json").exists(), done[-3000:]
+    torchrun_dir, torchrun_probe, _ = two_ranks  # the same options under torchrun (tests/conftest.py)
     assert without_times(run_dir) == without_times(torchrun_dir), "the same ranks, launched by Ray Train or torchrun"
-    assert [x["hash"] for x in probe_lines(tmp_path / "probe", 0)] == [x["hash"] for x in ranks[0]]
+    assert [x["hash"] for x in probe_lines(torchrun_probe, 0)] == [x["hash"] for x in ranks[0]]
 
 
 def test_a_killed_ray_train_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(ray_train_two_workers,
                                                                                        tmp_path):
     uninterrupted, _, _ = ray_train_two_workers
     run_dir, probe, marker = tmp_path / "run", tmp_path / "probe", tmp_path / "killed"
-    done = ray_train_run(run_dir, probe, "--selector", "plugins:KillOnceSelector",
+    done = ray_train_run(run_dir, probe, *GUARDED, "--selector", "plugins:KillOnceSelector",
                          extra_env={"TTRL_TEST_KILL_RANK": "1", "TTRL_TEST_KILL_STEP": "2",
                                     "TTRL_TEST_KILL_MARKER": str(marker)})
     out = done.stdout + done.stderr
@@ -137,9 +126,6 @@ def test_what_ray_train_workers_do_not_support_is_refused_at_start_up(monkeypatc
         parse_config(["--model", "m", "--data", "d", "--n_votes", "4", "--n_train", "4", "--num_workers", "2", *args])
 
 
-def test_ray_train_workers_roll_back_to_a_guard_snapshot_together(demo_model, tmp_path):
+def test_ray_train_workers_roll_back_to_a_guard_snapshot_together(ray_train_two_workers):
     """Rank 0's snapshot files, in the shared run directory, loaded by both workers at the rollback."""
-    run_dir, probe = tmp_path / "run", tmp_path / "probe"
-    done = ray_train_run(run_dir, probe, *GUARDED)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    check_rollback_on_every_rank(run_dir, probe, done.stdout + done.stderr)
+    check_rollback_on_every_rank(*ray_train_two_workers)
