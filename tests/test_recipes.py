@@ -6,6 +6,7 @@ Each recipe runs through the real ``ttrl run`` in a subprocess (its peak memory 
 exits); a second check feeds the same rows to the recipe's update in its GPU precision and in float32, and
 asserts the two move the weights alike."""
 
+import functools
 import json
 import math
 import os
@@ -16,13 +17,33 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.miniature import (CONFIGS, make_data, make_model_dir, miniature_options, recipe, runs_on_gpu,
+from benchmarks.miniature import (CONFIGS, SCALED, make_data, make_model_dir, miniature_options, recipe, runs_on_gpu,
                                   trained_per_group)
 from engine.distributed import trainable_parameters
 from engine.update import Batch
 
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_shape(config: Path) -> tuple:
+    """What a recipe's miniature trains with: its options less those the miniature replaces (``SCALED``, the
+    votes, data and dtype, and ``suite``, which only picks the data). Recipes of one shape run the same
+    miniature — TTRL's AIME 2024 and AMC recipes differ only in episodes and suite — so one of them runs."""
+    replaced = set(SCALED) | {"suite", "n_train", "n_votes", "limit", "data", "dtype"}
+    return tuple(sorted((k, str(v)) for k, v in recipe(config).items() if k not in replaced))
+
+
+SHAPES: dict[tuple, list[Path]] = {}
+for _config in RECIPES:
+    SHAPES.setdefault(training_shape(_config), []).append(_config)
+DISTINCT = [configs[0] for configs in SHAPES.values()]  # one recipe per shape; its id names the others
+
+
+def shape_id(config: Path) -> str:
+    """``qwen2.5-math-1.5b-aime24+amc``: the recipe that runs, and the recipes of its shape after a +."""
+    same = next(c for c in SHAPES.values() if c[0] == config)
+    return "+".join([config.stem] + [c.stem.removeprefix(config.stem.rsplit("-", 1)[0] + "-") for c in same[1:]])
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +92,10 @@ finally:
 """
 
 
+@functools.cache
 def baseline_rss_mb() -> float:
-    """Peak memory of a process that imports what ``ttrl run`` imports and loads no model."""
+    """Peak memory of a process that imports what ``ttrl run`` imports and loads no model (measured once:
+    a process that imports TRL takes seconds to start)."""
     code = ("import resource, engine.cli.main, engine.cli.build, engine.loop, trl, transformers, peft; "
             "from trl import GRPOTrainer; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -100,7 +123,7 @@ def memory_bound_mb(model_dir: Path, options: dict, dtype: str, lora: bool) -> f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", RECIPES, ids=[c.stem for c in RECIPES])
+@pytest.mark.parametrize("config", DISTINCT, ids=shape_id)
 def test_recipe_in_miniature_trains_for_two_steps(config, miniatures, tmp_path):
     options = recipe(config)
     model_dir = miniatures(config)
@@ -145,11 +168,21 @@ def fixed_batch(groups: int, n: int, seed: int = 0) -> Batch:
     return Batch(prompts, completions, None, rewards, n)
 
 
-GPU_RECIPES = [c for c in RECIPES if runs_on_gpu(recipe(c))]
+GPU_RECIPES = [c for c in DISTINCT if runs_on_gpu(recipe(c))]
+
+
+def test_every_recipe_has_a_miniature_of_its_shape():
+    """The recipes left out of the runs above train exactly as one that runs (only episodes and suite differ)."""
+    assert sum(len(c) for c in SHAPES.values()) == len(RECIPES) and len(DISTINCT) < len(RECIPES)
+    for configs in SHAPES.values():
+        first = recipe(configs[0])
+        for other in configs[1:]:
+            differ = {k for k in first.keys() | recipe(other).keys() if first.get(k) != recipe(other).get(k)}
+            assert differ <= {"episodes", "suite"}, (configs[0].name, other.name, differ)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", GPU_RECIPES, ids=[c.stem for c in GPU_RECIPES])
+@pytest.mark.parametrize("config", GPU_RECIPES, ids=shape_id)
 def test_recipe_update_in_bf16_moves_the_weights_as_float32_does(config, miniatures, tmp_path):
     from engine.cli.build import build
     from engine.config.options import parse_config
