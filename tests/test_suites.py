@@ -143,14 +143,25 @@ def test_unknown_completion_id_names_the_line(tmp_path):
         read_completions(path, {"0"})
 
 
-def test_suite_command_runs_each_benchmark_once_and_resumes(tiny_model, tiny_data, tmp_path):
+def suite_in_process(capfd, *args) -> tuple[int, str]:
+    """``ttrl suite ARGS`` in this process (its runs are subprocesses of their own, engine/cli/suites.py): its exit
+    status and everything it and its runs wrote to stdout. One interpreter start-up saved per call."""
+    from engine.cli.main import main
+
+    capfd.readouterr()
+    code = main(list(args))
+    return code, capfd.readouterr().out
+
+
+def test_suite_command_runs_each_benchmark_once_and_resumes(tiny_model, tiny_data, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for name in ("alpha", "beta"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"source": str(tiny_data), "template": "{question}",
                                                                "answer_type": "number", "eval_k": 2}))
     args = ["suite", "alpha.yaml", "beta.yaml", "--model", str(tiny_model), "--n_votes", "4", "--n_train", "2",
             "--prompts_per_step", "2", "--max_completion_length", "6", "--progress", "false", "--output_dir", "out"]
-    result = ttrl(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    code, stdout = suite_in_process(capfd, *args)
+    assert code == 0, stdout[-3000:]
     out = tmp_path / "out"
     for name in ("alpha", "beta"):
         assert (out / name / "summary.json").exists() and (out / name / "report.md").exists()
@@ -159,17 +170,17 @@ def test_suite_command_runs_each_benchmark_once_and_resumes(tiny_model, tiny_dat
     summary = json.loads((out / "suite_summary.json").read_text())
     assert [r["suite"] for r in summary["runs"]] == ["alpha", "beta"]
     assert all(r["status"] == "done" and "accuracy/avg@2" in r["after"] for r in summary["runs"])
-    assert "| alpha | 4 |" in result.stdout and "avg@2" in result.stdout
+    assert "| alpha | 4 |" in stdout and "avg@2" in stdout
 
     start = time.perf_counter()
-    again = ttrl(*args, cwd=tmp_path)
-    assert again.returncode == 0 and time.perf_counter() - start < 60
-    assert again.stdout.count("already finished") == 2 and "ttrl run --suite" not in again.stdout
+    code, again = suite_in_process(capfd, *args)
+    assert code == 0 and time.perf_counter() - start < 60
+    assert again.count("already finished") == 2 and "ttrl run --suite" not in again
 
     import shutil
 
     shutil.rmtree(out / "beta")  # a deleted benchmark is run again, the finished one is not
-    resumed = ttrl(*args, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "alpha: already finished" in resumed.stdout and "beta: ttrl run --suite beta.yaml" in resumed.stdout
+    code, resumed = suite_in_process(capfd, *args)
+    assert code == 0, resumed[-3000:]
+    assert "alpha: already finished" in resumed and "beta: ttrl run --suite beta.yaml" in resumed
     assert (out / "beta" / "summary.json").exists()
