@@ -33,7 +33,10 @@ DEMO = ["--limit", "32", "--prompts_per_step", "8", "--episodes", "1", "--eval_k
 # uninterrupted runs (two_ranks in tests/conftest.py, Ray Train's) take it, so one run checks the ranks and the
 # rollback.
 GUARDED = ["--guard", "watch", "--guard_snapshot_every", "1", "--guard_score", "plugins:latest_scored",
-           "--eval_every", "1"]
+           "--eval_every", "1", "--learning_rate", "3e-4",  # 3x the demo's: the greedy answers move within 4 steps
+           # and sequential voting: each rank samples its own prompts in rounds (no collective inside), the
+           # unanimous groups trained on, so every step keeps its 8 groups
+           "--sequential_vote", "enforce", "--vote_unanimous", "train"]
 
 
 def env(probe: Path | None = None) -> dict:
@@ -94,6 +97,8 @@ def test_two_ranks_keep_identical_weights_and_only_rank_0_writes(two_ranks):
     assert all(x["groups"] == 4 for r in ranks for x in r), "each rank trains on its half of the 8 groups"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4] and all(row["groups/trained"] == 8 for row in rows)
+    assert all(16 <= row["sampling/votes_mean"] <= 32 for row in rows), "sequential voting: 16 votes first, then rounds"
+    assert any(row["sampling/votes_mean"] < 32 for row in rows) and any(row["sampling/vote_rounds"] > 1 for row in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["compute"]["steps"] == 4
     assert sorted(p.name for p in run_dir.iterdir()) == ["adapter", "checkpoint", "config.yaml", "curves.png", "guard",

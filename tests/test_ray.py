@@ -345,7 +345,8 @@ def test_rollout_pool_of_vllm_engines_takes_the_broadcast_weights(local_cluster,
 
 
 def test_ttrl_run_with_two_rollout_workers(local_cluster, tiny_model, tiny_data, tmp_path):
-    """``rollout_workers: 2`` through build() and the real loop: the pool samples, every update is
+    """``rollout_workers: 2`` through build() and the real loop: the pool samples (in sequential-voting rounds:
+    the random model's votes stay undecided, so later rounds go through the pool too), every update is
     broadcast (its time logged per step), and the run finishes with its summary."""
     from engine.cli.build import build
     from engine.config.options import parse_config
@@ -353,9 +354,9 @@ def test_ttrl_run_with_two_rollout_workers(local_cluster, tiny_model, tiny_data,
     from engine.samplers.ray_pool import RayRolloutPool
 
     cfg = parse_config(["--model", str(tiny_model), "--data", str(tiny_data), "--template", "{question}",
-                        "--n_votes", "4", "--n_train", "2", "--prompts_per_step", "2", "--max_completion_length", "6",
-                        "--eval_k", "2", "--progress", "false", "--rollout_workers", "2",
-                        "--output_dir", str(tmp_path / "run")])
+                        "--n_votes", "6", "--n_train", "2", "--prompts_per_step", "2", "--max_completion_length", "6",
+                        "--eval_k", "2", "--progress", "false", "--rollout_workers", "2", "--sequential_vote", "enforce",
+                        "--vote_round", "2", "--vote_unanimous", "train", "--output_dir", str(tmp_path / "run")])
     _, tasks, policy, sampler = build(cfg)
     try:
         assert isinstance(sampler, RayRolloutPool) and len(sampler.actors) == 2
@@ -363,6 +364,7 @@ def test_ttrl_run_with_two_rollout_workers(local_cluster, tiny_model, tiny_data,
         assert summary["compute"]["steps"] == 2 and "accuracy/avg@2" in summary["after"]
         rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all(r["time/weight_sync_s"] > 0 for r in rows)
+        assert all(2 <= r["sampling/votes_mean"] <= 6 for r in rows) and max(r["sampling/vote_rounds"] for r in rows) > 1
         assert len(sampler.sync_s) == 3  # once at start (the policy as built), then after each of 2 updates
     finally:
         sampler.close()
