@@ -92,8 +92,14 @@ class SamplingParams:
 
 
 class Sampler(Protocol):
-    """Anything that turns tasks into groups of rollouts and can take new policy weights."""
+    """Anything that turns tasks into groups of rollouts and can take new policy weights.
 
-    def generate(self, tasks: list[Task], params: SamplingParams) -> list[RolloutGroup]: ...
+    ``generate`` returns one group per task, in task order, ``params.n`` rollouts each (``desc`` labels its
+    progress bar); sequential voting calls it once per round with a smaller ``n`` (engine.samplers.rounds).
+    ``load_weights`` makes the sampler generate as ``model`` now would, and returns the metrics it measured
+    (vLLM and the Ray pool: ``time/weight_sync_s``) or None (the transformers sampler shares the model).
+    tests/test_layering.py checks that every sampler matches these signatures."""
 
-    def load_weights(self, model) -> None: ...
+    def generate(self, tasks: list[Task], params: SamplingParams, desc: str = "sample") -> list[RolloutGroup]: ...
+
+    def load_weights(self, model) -> dict[str, float] | None: ...

@@ -144,3 +144,25 @@ def test_rewards_and_filters_stand_on_the_core_alone(package):
            if name.split(".")[0] == package for target, line, _ in imports_of(path, modules)
            if target.startswith("engine") and target not in core]
     assert not bad, "\n".join(bad)
+
+
+def test_every_sampler_matches_the_sampler_protocol():
+    """The Protocol the loop is typed against says what the samplers really take and return: the same
+    parameters, defaults and return annotations as ``engine.types.Sampler`` (a method may add optional ones)."""
+    import inspect
+
+    from engine.samplers.hf import HFSampler
+    from engine.samplers.ray_pool import RayRolloutPool
+    from engine.samplers.vllm import VLLMSampler
+    from engine.types import Sampler
+
+    for cls in (HFSampler, VLLMSampler, RayRolloutPool):
+        for name in ("generate", "load_weights"):
+            want, have = (inspect.signature(getattr(c, name)) for c in (Sampler, cls))
+            for param in want.parameters.values():
+                assert param.name in have.parameters, f"{cls.__name__}.{name} lacks {param.name}"
+                assert have.parameters[param.name].default == param.default, f"{cls.__name__}.{name}({param.name})"
+            extra = [p for n, p in have.parameters.items() if n not in want.parameters and p.default is p.empty]
+            assert not extra, f"{cls.__name__}.{name} needs {extra}, which the Protocol does not pass"
+            if name == "load_weights":
+                assert have.return_annotation in ("None", "dict[str, float]", "dict[str, float] | None"), cls
