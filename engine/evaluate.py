@@ -48,8 +48,9 @@ def grade(group: RolloutGroup, label: str, answer_type: str = "math") -> list[bo
 
 
 def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, greedy: bool = True,
-             answer_type: str = "math") -> dict[str, float]:
-    """Sample, grade against ``task.label`` and average. ``params`` gives temperature and budget."""
+             answer_type: str = "math", sample: bool = True) -> dict[str, float]:
+    """Sample, grade against ``task.label`` and average. ``params`` gives temperature and budget.
+    ``sample=False``: greedy only, no k samples (no random draws: the run's random stream is untouched)."""
     labeled = [t for t in tasks if t.label is not None]
     metrics: dict[str, float] = {"eval/labeled": float(len(labeled))}
     if not labeled:
@@ -63,14 +64,14 @@ def evaluate(sampler, tasks: list[Task], *, k: int, params: SamplingParams, gree
             row["greedy"] = float(grade(g, g.task.label, answer_type)[0])
     sample_params = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                                    max_new_tokens=params.max_new_tokens, stop=params.stop)
-    for row, g in zip(grades, sampler.generate(mine, sample_params, desc=f"eval @{k}")):
+    for row, g in zip(grades, sampler.generate(mine, sample_params, desc=f"eval @{k}") if sample else []):
         correct = grade(g, g.task.label, answer_type)
         row[f"avg@{k}"] = sum(correct) / len(correct)
         majority_vote(g, answer_type=answer_type)  # sets g.label: the pseudo-label TTRL would train on
         row[f"maj@{k}"] = float(is_correct(g.label, g.task.label, answer_type))
         row[f"pass@{k}"] = pass_at_k(len(correct), sum(correct), k)
     grades = distributed.gather_lists(grades)
-    for name in (["greedy"] if greedy else []) + [f"avg@{k}", f"maj@{k}", f"pass@{k}"]:
+    for name in (["greedy"] if greedy else []) + ([f"avg@{k}", f"maj@{k}", f"pass@{k}"] if sample else []):
         metrics[f"accuracy/{name}"] = _mean([row[name] for row in grades])
     metrics["eval/time_s"] = time.perf_counter() - start
     return metrics

@@ -4,7 +4,10 @@ Test-Time Reinforcement Learning (Zuo et al., 2025, arXiv 2504.16084) adapts a m
 test inputs: for each prompt it samples ``n_votes`` rollouts, takes the majority answer as a
 pseudo-label, rewards the rollouts that agree with it (1) and the rest (0), and runs a GRPO update on
 ``n_train`` of them with a small KL anchor to the base model. Labels, where the user has them, are
-used for evaluation and telemetry only: training stages see ``task.unlabeled()`` copies.
+used for evaluation and telemetry only: training stages see ``task.unlabeled()`` copies. The ``--anchor``
+examples (``cfg.anchors``: a few labeled ones held out of the test prompts) are never sampled for training:
+they are evaluated beside the test prompts (``anchor/*``) and may be the influence selector's labeled target
+(LESS, arXiv 2402.04333) and the guard's snapshot score (``anchor_accuracy``).
 
 This module never imports vllm or trl: it is handed a ``sampler`` (``engine.types.Sampler``) and a
 ``policy`` (``engine.update.GRPOPolicy``), so every backend runs the same loop. What a run writes
@@ -31,8 +34,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from engine import distributed
+from engine.config.anchor import selector_spec
 from engine.config.options import Config
 from engine.drift import start_drift
+from engine.errors import ConfigError
 from engine.evaluate import evaluate, grade
 from engine.registry import resolve, spec_name
 from engine.rundir.guard import RunGuard
@@ -56,8 +61,11 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     g, t = cfg.grpo, cfg.ttrl
     if not distributed.is_main():  # one log: rank 0's
         log = quiet
+    if t.anchor is not None and not cfg.anchors:
+        raise ConfigError(f"anchor {t.anchor}: its examples were not loaded; build the run with "
+                          "engine.cli.build.build, which reads them into cfg.anchors")
     score = partial(apply_reward, build_reward(t.reward, answer_type=t.answer_type), t.reward)
-    select = resolve(t.selector, SELECTORS, "selectors")
+    select = resolve(selector_spec(t.selector, cfg.anchors), SELECTORS, "selectors")  # --anchor: a labeled target
     labels = {task.id: task.label for task in tasks}             # evaluation and telemetry only
     params = SamplingParams(n=t.n_votes, temperature=g.temperature, top_p=g.top_p,
                             max_new_tokens=g.max_completion_length)
@@ -75,8 +83,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
     record = RunRecord(out_dir, policy=policy, rng=rng, stream=stream, filters=stages, save_every=t.save_every,
                        log=log, watchers={"votes": votes, "guard": guard})
     if not record.resume(sampler):  # a checkpoint in out_dir: continue after its step, as if never stopped
-        record.begin(before=accuracy(cfg, sampler, tasks, record, "before"))
-        guard.snapshot_if_due(0, policy)  # the base weights: a rollback may choose them
+        before = accuracy(cfg, sampler, tasks, record, "before")
+        record.begin(before=before)
+        guard.snapshot_if_due(0, policy, measured=before)  # the base weights: a rollback may choose them
     bar = tqdm(total=len(tasks) * t.episodes, initial=stream.prompts_taken, desc="TTRL prompts", unit="prompt",
                disable=not t.progress or not distributed.is_main())
     try:
@@ -109,7 +118,9 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 row["step"] = record.step
                 # 3-4. Select n_train rollouts per group; GRPO update, KL-anchored to the base model.
                 row.update(update(policy, sampler, select, distributed.shard(kept), t.n_train))
-                guard.snapshot_if_due(record.step, policy)
+                if guard.anchored and guard.due(record.step):  # --guard_score anchor_accuracy: the snapshot's weights
+                    row.update(anchor_accuracy(cfg, sampler, record, f"step {record.step} snapshot", sample=False))
+                guard.snapshot_if_due(record.step, policy, measured=row)
                 row.update(drift(policy.model))
             else:
                 row.update({"tokens/trained": 0, "time/update_s": 0.0, "update/skipped": 1})
@@ -230,16 +241,43 @@ def update(policy, sampler, select, groups: list[RolloutGroup], n_train: int) ->
 
 
 def accuracy(cfg: Config, sampler, tasks: list[Task], record: RunRecord, tag: str) -> dict[str, float]:
-    """Evaluate the current policy on the labeled tasks (``engine.evaluate``); logs the accuracies under
-    ``tag`` and counts the time as evaluation."""
-    g, e = cfg.grpo, cfg.eval
-    params = SamplingParams(n=e.eval_k, temperature=e.eval_temperature or g.temperature, top_p=g.top_p,
-                            max_new_tokens=e.eval_max_tokens or g.max_completion_length)
+    """Evaluate the current policy on the labeled tasks (``engine.evaluate``), and on the ``--anchor``
+    examples where there are any; logs the accuracies under ``tag`` and counts the time as evaluation."""
+    e = cfg.eval
     start = time.perf_counter()
-    result = evaluate(sampler, tasks, k=e.eval_k, params=params, greedy=e.eval_greedy, answer_type=cfg.ttrl.answer_type)
+    result = evaluate(sampler, tasks, k=e.eval_k, params=eval_params(cfg), greedy=e.eval_greedy,
+                      answer_type=cfg.ttrl.answer_type)
     record.compute["time/eval_s"] += time.perf_counter() - start
-    record.log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith("accuracy/")))
+    if cfg.anchors:
+        result.update(anchor_accuracy(cfg, sampler, record, tag, log=False))
+    record.log(f"[{tag}] " + "  ".join(f"{k}={v:.3f}" for k, v in result.items() if k.startswith(("accuracy/", "anchor/"))))
     return result
+
+
+def anchor_accuracy(cfg: Config, sampler, record: RunRecord, tag: str, *, sample: bool = True,
+                    log: bool = True) -> dict[str, float]:
+    """The current policy on the ``--anchor`` examples, a few labeled ones held out of the test prompts:
+    ``anchor/accuracy`` (greedy) and, with ``sample``, ``anchor/avg@k`` (the evaluation's k and temperature;
+    its samples draw from the run's random stream, as the evaluation's do). ``sample=False`` is the guard's
+    snapshot measurement: greedy only, so measuring leaves the run's random stream untouched."""
+    k = cfg.eval.eval_k
+    start = time.perf_counter()
+    result = evaluate(sampler, cfg.anchors, k=k, params=eval_params(cfg), greedy=True, answer_type=cfg.ttrl.answer_type,
+                      sample=sample)
+    record.compute["time/eval_s"] += time.perf_counter() - start
+    out = {"anchor/accuracy": result["accuracy/greedy"]}
+    if sample:
+        out[f"anchor/avg@{k}"] = result[f"accuracy/avg@{k}"]
+    if log:
+        record.log(f"[{tag}] " + "  ".join(f"{key}={v:.3f}" for key, v in out.items()))
+    return out
+
+
+def eval_params(cfg: Config) -> SamplingParams:
+    """The evaluation's sampling: eval_k samples at eval_temperature (else the rollouts'), eval_max_tokens."""
+    g, e = cfg.grpo, cfg.eval
+    return SamplingParams(n=e.eval_k, temperature=e.eval_temperature or g.temperature, top_p=g.top_p,
+                          max_new_tokens=e.eval_max_tokens or g.max_completion_length)
 
 
 def quiet(*_args, **_kwargs) -> None:

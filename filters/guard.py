@@ -21,6 +21,9 @@ is the action that takes effect.
 
 ``SCORES``: how a weight snapshot is ranked for the end-of-run rollback, from the label-free rows its
 weights produced (``engine.rundir.guard``). ``stability`` is the default; ``--guard_score`` swaps it.
+``anchor_accuracy`` is the one score that reads labels: the user's own labeled examples (``--anchor``, a
+small dev set held out of the test prompts), measured on each snapshot's weights when it is taken — never
+the test labels.
 """
 
 from __future__ import annotations
@@ -153,6 +156,22 @@ def none(window: list[dict]) -> float:
     return float("nan")
 
 
+ANCHOR_KEY = "anchor/accuracy"  # the greedy accuracy on the --anchor examples, in a metrics row and a window
+
+
+def anchor_accuracy(window: list[dict]) -> float:
+    """The snapshot's greedy accuracy on the user's labeled anchors (``--anchor``), measured with its own
+    weights when it was taken and put at the head of its window (``engine.rundir.guard``); higher is better.
+
+    Why. A label-free score cannot tell a confidently wrong majority from a right one: a collapsing run's
+    consensus keeps rising while its answers go wrong (arXiv 2603.08660). A handful of labeled examples
+    can, and a user adapting at test time usually has a small dev set (LESS's setting, arXiv 2402.04333).
+    With 8-32 anchors the score moves in steps of 3-12 points, so ties are common: the later snapshot wins
+    them. The mean where a window holds several measurements; NaN where it holds none."""
+    values = [r[ANCHOR_KEY] for r in window if not math.isnan(r.get(ANCHOR_KEY, math.nan))]
+    return sum(values) / len(values) if values else float("nan")
+
+
 GUARDS: dict = {"watch": watch, "skip_flipped": skip_flipped, "pause_on_flips": pause_on_flips,
                 "ttrl_guard": ttrl_guard, "flip_alarm": flip_alarm}
-SCORES: dict = {"stability": stability, "none": none}
+SCORES: dict = {"stability": stability, "none": none, "anchor_accuracy": anchor_accuracy}

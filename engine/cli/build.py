@@ -39,11 +39,32 @@ def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None)
     the completion budget, read from the config at the tokenizer's path) are skipped or an error
     (``on_too_long``)."""
     from engine.data.tasks import load_tasks
-    from engine.data.prompts import DEFAULT_INSTRUCTION, model_context_length, prepare_tasks
 
     d = cfg.data
     tasks = load_tasks(data, prompt_field=d.prompt_field, label_field=d.label_field, id_field=d.id_field,
                        split=d.split, limit=d.limit, data_dir=d.data_dir)
+    return prepare(cfg, tokenizer, tasks, template)
+
+
+def load_prepared_anchors(cfg: Config, tokenizer, template: str | None, tasks) -> list:
+    """``--anchor``'s labeled examples (``engine.data.anchors``), read with the ``--data`` options (no
+    ``limit``) and prompted with the same template as ``tasks``, the run's test prompts; [] without it."""
+    from engine.data.anchors import load_anchors
+
+    if cfg.ttrl.anchor is None:
+        return []
+    d = cfg.data
+    anchors = load_anchors(cfg.ttrl.anchor, tasks, prompt_field=d.prompt_field, label_field=d.label_field,
+                           id_field=d.id_field, split=d.split, data_dir=d.data_dir)
+    return prepare(cfg, tokenizer, anchors, template)
+
+
+def prepare(cfg: Config, tokenizer, tasks, template: str | None):
+    """``tasks`` with their prompts: the template (or the question and TTRL's boxed instruction), the chat
+    template, and the context limit (``engine.data.prompts.prepare_tasks``)."""
+    from engine.data.prompts import DEFAULT_INSTRUCTION, model_context_length, prepare_tasks
+
+    d = cfg.data
     chat = {"auto": None, "on": True, "off": False}[d.chat]
     budget = max(cfg.grpo.max_completion_length, cfg.eval.eval_max_tokens or 0)
     return prepare_tasks(tasks, tokenizer, template=template or "{question}\n" + DEFAULT_INSTRUCTION, chat=chat,
@@ -53,7 +74,8 @@ def load_prepared_tasks(cfg: Config, tokenizer, data: str, template: str | None)
 
 
 def build(cfg: Config):
-    """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer."""
+    """(tokenizer, tasks, policy, sampler) for ``cfg``; the model loads once, inside TRL's trainer.
+    ``--anchor``'s examples are read and checked first, into ``cfg.anchors`` (the loop reads them there)."""
     from engine.adapters import peft_config
     from engine.samplers.hf import HFSampler
     from engine.update import GRPOPolicy, optimizer_steps_for
@@ -63,6 +85,7 @@ def build(cfg: Config):
     model_path, data, template = resolve_model_and_data(cfg)
     tokenizer = load_tokenizer(model_path)
     tasks = load_prepared_tasks(cfg, tokenizer, data, template)
+    cfg.anchors = load_prepared_anchors(cfg, tokenizer, template, tasks)  # checked before the model loads
     g = cfg.grpo
     m = cfg.model
     lora = None  # the PEFT adapter's config (engine.adapters), or None: full fine-tuning

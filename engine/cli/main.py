@@ -249,6 +249,11 @@ def cmd_eval(argv: list[str]) -> int:
     from engine.types import SamplingParams
 
     cfg = parse_config(argv)
+    if cfg.ttrl.anchor is not None:
+        from engine.errors import ConfigError
+
+        raise ConfigError("anchor is an option of ttrl run (labeled examples measured during adaptation); "
+                          "to score a model on them, run ttrl eval --data on the anchor file")
     check_output_dir(cfg.grpo.output_dir)  # before the evaluation, whose result it must hold
     if cfg.eval.completions:
         return eval_completions(cfg)

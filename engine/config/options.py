@@ -73,7 +73,7 @@ class TTRLArgs:
     episodes: int = _f(1, "Passes over the test prompts (TTRL: 80 for AIME, 30 for AMC, 10 for MATH-500).")
     reward: str = _f("majority_vote", "Reward: a name from rewards.REWARDS or 'module:function' (a YAML list of {name, weight, ...} combines several).")
     answer_type: str = _f("math", "How answers are extracted and compared: math, number, choice, or 'module:function' (a custom extractor).")
-    selector: str = _f("first_k", "Rollout selector: a name from filters.SELECTORS or 'module:function'.")
+    selector: str = _f("first_k", "Rollout selector: a name from filters.SELECTORS or 'module:function'; with options, a YAML mapping, in a config file or on the command line ('{name: influence, target: labeled}').")
     filters: list[str] = field(default_factory=list, metadata={"help": "Group filters, names from filters.FILTERS or 'module:function' (YAML: specs with arguments, e.g. {name: consensus, low: 0.3, mode: monitor})."})
     max_refill_rounds: int = _f(4, "Dynamic sampling (DAPO): extra sampling rounds per step to refill the batch when filters drop groups.")
     sequential_vote: str = _f("off", "Sequential voting (rewards.sequential, engine.samplers.rounds): off samples n_votes per prompt in one call; enforce samples max(n_train, vote_round) per prompt, then vote_round more per round for the prompts whose vote is not decided yet (the leader's lead exceeds the votes to come, or a Dirichlet-multinomial posterior puts the chance that the full vote would differ at most vote_error; OptPO, arXiv 2512.02882), and drops the groups unanimous after the first round (no GRPO advantage; DAPO); monitor samples all n_votes as off does and logs what enforce would have sampled and decided on the same samples (sampling/would_sample_mean, sampling/decision_differs). Needs n_votes > max(n_train, vote_round).", choices=["off", "enforce", "monitor"])
@@ -93,7 +93,8 @@ class TTRLArgs:
     guard: str | None = _f(None, "Label-free collapse guard (filters.guard): watch, skip_flipped, pause_on_flips, ttrl_guard, flip_alarm, or 'module:function' (YAML: {name: ttrl_guard, max_flip_rate: 0.4, ...}). It reads only the vote's own signals (flip rate, lock-in, majority ratio) to skip risky groups, pause an update or stop the run; flip_alarm stops when the majority answers flip on more than a tenth (max_flip_rate 0.1) of revisited prompts over 4 steps and ends on the snapshot from before those steps (use it with --guard_snapshot_every 4 --guard_score none). Unset: off.")
     guard_snapshot_every: int = _f(0, "With --guard: keep a snapshot of the trainable weights at the start and every N optimizer steps (under RUN_DIR/guard/), and at the end roll back, before the final evaluation, to the snapshot with the best label-free score (guard_score); summary.json and report.md say which and why. 0: no snapshots, no rollback.")
     guard_keep: int = _f(3, "With guard_snapshot_every: snapshots kept, the best by guard_score (plus the latest).")
-    guard_score: str = _f("stability", "With guard_snapshot_every: how snapshots are ranked, from the votes their weights produced: a name from filters.GUARD_SCORES (stability; none: never roll back by score, keep the final weights unless the policy's alarm asks for a rollback) or 'module:function'.")
+    guard_score: str = _f("stability", "With guard_snapshot_every: how snapshots are ranked, from the votes their weights produced: a name from filters.GUARD_SCORES (stability; none: never roll back by score, keep the final weights unless the policy's alarm asks for a rollback; anchor_accuracy: each snapshot's greedy accuracy on the --anchor examples, measured as it is taken) or 'module:function'.")
+    anchor: str | None = _f(None, "A few labeled examples (k of them, typically 8-32; LESS's setting, arXiv 2402.04333): a .json/.jsonl/.parquet file read as --data is (the same fields and template), every row labeled, no question shared with the test prompts (both refused at start-up). Never trained on. Every evaluation (before, every eval_every, after) adds anchor/accuracy (greedy) and anchor/avg@k; they are the influence selector's labeled target when its spec names no labeled_path, and --guard_score anchor_accuracy ranks snapshots by them. Unset: none.")
 
 
 @dataclass
@@ -136,6 +137,8 @@ class Config:
     eval: EvalArgs
     grpo: Any  # trl.GRPOConfig
     notes: list[str] = field(default_factory=list, compare=False)  # choices made for the user, printed at start
+    # --anchor's labeled examples, prepared (template applied) by engine.cli.build.build; never a test prompt
+    anchors: list = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -231,6 +234,7 @@ def parse_config(argv: list[str] | None = None, *, base: dict[str, Any] | None =
     defaults.update(file_values)
     parser.set_defaults(**defaults)
     ns = parser.parse_args(argv)
+    read_spec_texts(ns)
     _check_types(ns, (*ENGINE_DATACLASSES, GRPOConfig))
     # An option this engine cannot honour is refused unless it is at its default (or, resuming, the run's value).
     refused = refused_changes(vars(ns), {**vars(make_parser().parse_args([])), **(base or {})})
@@ -293,6 +297,24 @@ def _flat_options(d: dict[str, Any]) -> dict[str, Any]:
 
 
 _SPEC_OPTIONS = {"reward", "selector", "filters", "guard", "guard_score"}  # a name, or (in YAML) a mapping or list of specs
+
+
+def read_spec_texts(ns) -> None:
+    """A spec option given on the command line as YAML text, a mapping or a list (``--selector '{name: influence,
+    target: labeled}'``), becomes the mapping or list it spells, as the same value in a config file would;
+    a plain name stays a name."""
+    for name in sorted(_SPEC_OPTIONS):
+        value = getattr(ns, name, None)
+        items = value if isinstance(value, list) else [value]
+        parsed = []
+        for item in items:
+            if isinstance(item, str) and item.lstrip().startswith(("{", "[")):
+                try:
+                    item = yaml.safe_load(item)
+                except yaml.YAMLError as err:
+                    raise ConfigError(f"{name}: {item!r} is not a YAML mapping or list: {str(err).splitlines()[0]}") from None
+            parsed.append(item)
+        setattr(ns, name, parsed if isinstance(value, list) else parsed[0])
 
 
 def _check_types(ns, dataclasses_) -> None:
@@ -412,6 +434,7 @@ def choose_sampler(cuda: bool) -> tuple[str, str]:
 
 def validate(cfg: Config) -> None:
     """Checks that need more than one field, or a registry; every message names the field."""
+    from engine.config.anchor import check_anchor, selector_spec
     from engine.registry import SpecError, resolve
     from filters import FILTERS, SELECTORS
     from filters.stage import build_filters
@@ -454,8 +477,10 @@ def validate(cfg: Config) -> None:
         build_reward(cfg.ttrl.reward, answer_type=cfg.ttrl.answer_type)
     except SpecError as err:
         raise ConfigError(f"reward: {err}") from None
-    try:
-        selector = resolve(cfg.ttrl.selector, SELECTORS, "selectors")
+    check_anchor(cfg.ttrl)
+    try:  # with --anchor, its examples (loaded later, by engine.cli.build) stand where the spec's labeled would
+        selector = resolve(selector_spec(cfg.ttrl.selector, []) if cfg.ttrl.anchor else cfg.ttrl.selector,
+                           SELECTORS, "selectors")
     except SpecError as err:
         raise ConfigError(f"selector: {err}") from None
     if g.gradient_checkpointing and hasattr(selector, "capture"):

@@ -13,12 +13,15 @@ them to a run (issue 17; TTRL-Guard, arXiv 2605.19444; rise-then-fall, arXiv 260
   score over its *window*: the label-free rows sampled from the snapshot's step until the next snapshot
   (the first of them exactly with its weights, the rest with the K-1 updates after it). At most
   ``guard_keep`` scored snapshots are kept (the best) plus the latest, whose window is still open.
+  ``--guard_score anchor_accuracy`` reads a measurement instead of votes: the loop evaluates the snapshot's
+  own weights on the user's labeled anchors (``--anchor``, greedy) as it is taken, and its ``anchor/*``
+  keys open the window (``ANCHORED``) — the only labels a score sees, never the test labels.
 - ``finish``: when the policy stopped the run with a rollback (``flip_alarm``), the latest snapshot at or
   before the step the alarming rows started from is loaded; otherwise the snapshot with the best score —
   into the policy and the sampler, before the final evaluation, unless it is the current weights; the
   summary gets the chosen step, its score, every snapshot's score and the reason. The last snapshot's
   window is empty when the run ends on it (no rows were sampled with its weights), so it cannot be chosen:
-  the score needs votes.
+  the score needs votes (an anchor score's measurement needs none: there the latest may be chosen).
 
 N ranks (torchrun, FSDP, Ray Train): the rows are the same on every rank, so every rank screens, scores and
 chooses alike; rank 0 writes the snapshot files (under FSDP every rank joins the gather), and a rollback
@@ -45,6 +48,8 @@ from engine.registry import resolve, spec_name
 from filters import GUARD_SCORES, GUARDS
 
 SIGNALS = ("vote/", "guard/")  # the only row keys a guard sees: label-free by construction
+ANCHORED = ("anchor/",)        # a measurement's keys a snapshot's window may open with: the --anchor examples only
+ANCHOR_SCORES = ("anchor_accuracy",)  # the scores that rank a snapshot by that measurement
 
 
 def label_free(row: dict) -> dict:
@@ -60,6 +65,7 @@ class RunGuard:
         self.spec, self.score_spec = spec, score
         self.policy = resolve(spec, GUARDS, "guards") if spec is not None else None
         self.score = resolve(score, GUARD_SCORES, "guard scores")
+        self.anchored = spec_name(score) in ANCHOR_SCORES  # each snapshot is measured on the anchors as taken
         self.votes, self.dir, self.every, self.keep, self.log, self.writes = votes, out_dir / "guard", every, keep, log, writes
         self.snapshots: list[dict] = []   # {"step": n, "window": [label-free rows]}, oldest first
         self.history: list[dict] = []     # every screened row's label-free keys
@@ -96,16 +102,23 @@ class RunGuard:
             self.log(f"guard {spec_name(self.spec)}: no update this step ({verdict.reason})")
         return train
 
-    def snapshot_if_due(self, step: int, policy) -> None:
-        """Take a snapshot at step 0 (the base weights) and every ``every`` optimizer steps."""
-        if not self.every or step % self.every or any(s["step"] == step for s in self.snapshots):
+    def due(self, step: int) -> bool:
+        """Whether ``snapshot_if_due(step, ...)`` takes a snapshot: at step 0 and every ``every`` optimizer steps."""
+        return bool(self.every) and not step % self.every and not any(s["step"] == step for s in self.snapshots)
+
+    def snapshot_if_due(self, step: int, policy, measured: dict | None = None) -> None:
+        """Take a snapshot at step 0 (the base weights) and every ``every`` optimizer steps. ``measured``: the
+        metrics of these very weights (the before-evaluation, or the row of the step the snapshot ends); when
+        the score is an anchor score its ``anchor/*`` keys open the snapshot's window."""
+        if not self.due(step):
             return
         if self.writes or getattr(policy, "sharded", False):  # under FSDP the gather is a collective: every rank joins
             weights = trainable_parameters(policy.model, "cpu")
             if self.writes:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 save_file({n: t.contiguous() for n, t in weights.items()}, self.path(step))
-        self.snapshots.append({"step": step, "window": []})
+        opening = {k: v for k, v in (measured or {}).items() if k.startswith(ANCHORED)}
+        self.snapshots.append({"step": step, "window": [opening] if self.anchored and opening else []})
         self.prune()
 
     def finish(self, policy, sampler, step: int) -> dict | None:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 
 def before_after_table(before: dict, after: dict) -> str:
-    """A markdown table of every ``accuracy/*`` metric, before and after, with the change in points."""
-    keys = sorted(k for k in after if k.startswith("accuracy/"))
+    """A markdown table of every ``accuracy/*`` metric, before and after, with the change in points; then the
+    ``anchor/*`` ones (``--anchor``'s labeled examples), under their own names."""
+    keys = sorted(k for k in after if k.startswith("accuracy/")) + sorted(k for k in after if k.startswith("anchor/"))
     lines = ["| metric | before | after | change (points) |", "|---|---:|---:|---:|"]
     for k in keys:
         b, a = before.get(k, float("nan")), after[k]

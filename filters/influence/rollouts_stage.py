@@ -19,7 +19,7 @@ import torch
 from filters.influence.features import DenseFeatures, precondition, project
 from filters.influence.keep import keep_mask, pick
 from filters.influence.sequence import hooked_modules, sequence_gradients
-from filters.influence.targets import agree_target_logprob, cosines, labeled_target
+from filters.influence.targets import agree_target_logprob, cosines, labeled_examples, labeled_target
 
 
 class Settings(Protocol):
@@ -35,6 +35,7 @@ class Settings(Protocol):
     modules: list[str] | None
     max_rows: int
     labeled_path: str | None
+    labeled: list[tuple[list[int], str]] | None
     seed: int
 
 
@@ -63,7 +64,8 @@ def scores(groups, policy, s: Settings) -> tuple[torch.Tensor, bool]:
     if s.target == "agree":   # the rollouts with reward 1
         t = agree_target_logprob(U, torch.cat(rewards) > 0.5)
     elif s.target == "labeled":
-        t = [labeled_target(model, s.labeled_path, tokenizer, layers, temperature=temperature, max_rows=s.max_rows)]
+        rows = labeled_examples(s.labeled_path, s.labeled, tokenizer)
+        t = [labeled_target(model, rows, layers, temperature=temperature, max_rows=s.max_rows)]
     F = U.mul_(-adv[:, None])                                            # (N, D) loss gradients g_i
     used_adam = False
     if s.precondition:

@@ -36,7 +36,9 @@ class InfluenceSelector:
     ``max_variance``); their features come from the update's own backward and dropped rows are subtracted
     from the gradient before the optimizer steps | ``rollouts`` — a separate pass scores all N_vote
     rollouts first and the update trains on each group's k best.
-    target: ``batch_mean`` | ``leave_one_out`` | ``agree`` | ``labeled`` (needs ``labeled_path``).
+    target: ``batch_mean`` | ``leave_one_out`` | ``agree`` | ``labeled`` (needs ``labeled_path``, a JSONL of
+    ``{prompt, answer}``, or ``labeled``, examples in memory: (prompt token ids, reference answer) pairs, which
+    ``engine.loop`` hands it from ``--anchor FILE`` when the spec names no ``labeled_path``; LESS, arXiv 2402.04333).
     keep: ``drop_negative`` | ``top_fraction`` (``fraction`` of the batch). fill (rollouts stage):
     ``remaining`` | ``repeat``. loss (rollouts stage): ``pg`` (advantage x log-prob, default) | ``nll``.
     precondition: Adam m'/sqrt(v') from the live optimizer (plain gradients while its state is empty).
@@ -49,21 +51,23 @@ class InfluenceSelector:
     def __init__(self, target: str = "batch_mean", keep: str = "drop_negative", fraction: float = 0.5,
                  stage: str = "update", pool: str = "first_k", fill: str = "remaining", loss: str = "pg",
                  precondition: bool = False, project_dim: int | None = None, modules: list[str] | None = None,
-                 max_rows_per_backward: int = 256, labeled_path: str | None = None, seed: int = 0):
+                 max_rows_per_backward: int = 256, labeled_path: str | None = None,
+                 labeled: list[tuple[list[int], str]] | None = None, seed: int = 0):
         checks = {"target": (target, TARGETS), "keep": (keep, KEEP_RULES),
                   "stage": (stage, ("update", "rollouts")), "pool": (pool, tuple(POOLS)),
                   "fill": (fill, FILLS), "loss": (loss, ("pg", "nll"))}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"influence selector: {name}={value!r}; allowed: {', '.join(allowed)}")
-        if target == "labeled" and not labeled_path:
-            raise ValueError("influence selector: target='labeled' needs labeled_path (JSONL of {prompt, answer})")
+        if target == "labeled" and not labeled_path and labeled is None:
+            raise ValueError("influence selector: target='labeled' needs labeled_path (JSONL of {prompt, answer}) "
+                             "or labeled examples (ttrl run --anchor FILE)")
         if not 0 < fraction <= 1:
             raise ValueError(f"influence selector: fraction={fraction!r} must be in (0, 1]")
         self.target, self.keep, self.fraction, self.fill, self.loss = target, keep, fraction, fill, loss
         self.stage, self.pool = stage, pool
         self.precondition, self.project_dim, self.modules = precondition, project_dim, modules
-        self.max_rows, self.labeled_path, self.seed = max_rows_per_backward, labeled_path, seed
+        self.max_rows, self.labeled_path, self.labeled, self.seed = max_rows_per_backward, labeled_path, labeled, seed
         self.last_metrics: dict[str, float] = {}
         self.last_alignment: list[list[float]] = []   # per group (rollouts stage) / the last optimizer step (update)
         self.last_keep: torch.Tensor | None = None     # update stage: the last optimizer step's kept rows

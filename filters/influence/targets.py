@@ -5,7 +5,9 @@
   (NeurIPS 2025): TracIn-style influence at the current step, per-sample LoRA gradients from hooks inside
   the training backward (``per_row``), negative influence dropped (``keep="drop_negative"``).
 * ``labeled``: LESS (Xia et al., arXiv 2402.04333) — the loss gradient of a few labeled examples the user
-  supplies (``labeled_path``, a JSONL of ``{prompt, answer}``), each normalised to unit length.
+  supplies, each normalised to unit length: ``labeled_path``, a JSONL of ``{prompt, answer}``, or ``labeled``,
+  examples in memory (``--anchor FILE``: the run's anchors, read and templated as the test prompts are, LESS's
+  own setting of a small labeled dev set).
 * ``agree``: the label-free analogue of LESS in TTRL: the loss gradient of the rollouts that agree with
   the majority-vote pseudo-label (reward 1, positive advantage) across the batch, each unit length.
 
@@ -72,8 +74,29 @@ def load_labeled(path: str, tokenizer) -> list[tuple[list[int], list[int]]]:
     return rows
 
 
-def labeled_target(model, path: str, tokenizer, layers, *, temperature: float, max_rows: int) -> torch.Tensor:
+def labeled_rows(examples: list[tuple[list[int], str]], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """Examples in memory, (prompt token ids, reference answer text) -> (prompt ids, answer ids + EOS) rows,
+    the answer tokenized as ``load_labeled`` tokenizes a file's."""
+    rows = []
+    for prompt_ids, answer in examples:
+        ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        rows.append((list(prompt_ids), ids))
+    if not rows:
+        raise ValueError("no labeled target examples were given")
+    return rows
+
+
+def labeled_examples(path: str | None, examples: list[tuple[list[int], str]] | None, tokenizer):
+    """The ``labeled`` target's rows: the examples in memory where given (``--anchor``), else the JSONL at ``path``."""
+    return labeled_rows(examples, tokenizer) if examples is not None else load_labeled(path, tokenizer)
+
+
+def labeled_target(model, rows: list[tuple[list[int], list[int]]], layers, *, temperature: float,
+                   max_rows: int) -> torch.Tensor:
     """``labeled``: (D,) the sum of the labeled examples' unit loss gradients (loss = -mean log-prob) on the
-    weights of ``layers``, flattened and concatenated in order, as ``sequence_gradients`` lays them out."""
-    T = sequence_gradients(model, load_labeled(path, tokenizer), layers, temperature=temperature, max_rows=max_rows)
+    weights of ``layers``, flattened and concatenated in order, as ``sequence_gradients`` lays them out;
+    ``rows`` from ``labeled_examples``."""
+    T = sequence_gradients(model, rows, layers, temperature=temperature, max_rows=max_rows)
     return -(1 / T.norm(dim=1).clamp(min=1e-12)) @ T

@@ -42,7 +42,7 @@ from filters.influence.keep import keep_mask
 from filters.influence.per_row import LinearGradients
 from filters.influence.sequence import hooked_modules
 from filters.influence.step import StepGradients
-from filters.influence.targets import agree_target, cosines, labeled_target
+from filters.influence.targets import agree_target, cosines, labeled_examples, labeled_target
 from filters.selectors import first_k, max_variance
 
 POOLS = {"first_k": first_k, "max_variance": max_variance}   # the update stage's candidates
@@ -59,6 +59,7 @@ class Settings(Protocol):
     modules: list[str] | None
     max_rows: int
     labeled_path: str | None
+    labeled: list[tuple[list[int], str]] | None
     seed: int
 
 
@@ -90,8 +91,8 @@ def alignments(cap: StepGradients, adv: torch.Tensor, policy, s: Settings) -> tu
     elif s.target == "labeled":
         deciding = [layers[j] for j in js]
         temperature = float(getattr(getattr(policy, "args", None), "temperature", 1.0) or 1.0)
-        flat = labeled_target(policy.model, s.labeled_path, getattr(trainer, "processing_class", None), deciding,
-                              temperature=temperature, max_rows=s.max_rows)
+        rows = labeled_examples(s.labeled_path, s.labeled, getattr(trainer, "processing_class", None))
+        flat = labeled_target(policy.model, rows, deciding, temperature=temperature, max_rows=s.max_rows)
         t = [tj.view_as(m.weight) for tj, (_, m) in zip(flat.split([m.weight.numel() for _, m in deciding]), deciding)]
     if s.project_dim:
         blocks, t = project(feats.blocks, t, s.project_dim, s.seed)
