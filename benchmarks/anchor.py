@@ -1,0 +1,117 @@
+"""Benchmark: a handful of labeled anchors (``--anchor``) against plain TTRL, where the vote is wrong and where it
+is right.
+
+LESS (arXiv 2402.04333) selects training data with the gradients of a few labeled examples of the target task; a
+user adapting at test time usually has a small dev set. Every configuration runs ``ttrl run`` for the demo
+preset's 12 episodes (the same prompt budget) with the same 16 anchors: labeled sums in the demo's format that
+are not test prompts, half of them carrying out of the units digit (``benchmarks.influence_signal``'s). Five
+seeds each, on ``demo-systematic`` (the vote is confidently wrong on the carry class) and on the clean demo.
+
+- ``plain``: TTRL; the anchors are only evaluated (``anchor/accuracy``), never trained on.
+- ``influence``: the influence selector (update stage) with the ``labeled`` target, the anchors' loss gradient:
+  rows pointing against it are taken out of the update.
+- ``anchor_guard``: plain TTRL whose collapse guard snapshots every episode and ends on the snapshot with the
+  best anchor accuracy (``--guard_score anchor_accuracy``).
+
+Not here yet: the control that trains on the anchors directly (mixed into every step with their true labels).
+Writes benchmarks/results/anchor.{json,md}.
+
+Usage: ``python -m benchmarks.anchor [--seeds 0 1 2 3 4] [--jobs 2] [--settings systematic demo]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks import provenance
+from benchmarks.filtering import run_all
+from benchmarks.influence_signal import write_anchors
+
+RESULTS = Path(__file__).parent / "results"
+TARGET = "accuracy/avg@16"
+FINAL = ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")
+SETTINGS: dict[str, dict] = {
+    "systematic": {"model": "demo-systematic", "data": "demo-systematic"},
+    "demo": {},
+}
+CONFIGS: dict[str, dict] = {
+    "plain": {},
+    "influence": {"selector": {"name": "influence", "target": "labeled"}},
+    "anchor_guard": {"guard": "watch", "guard_snapshot_every": 4, "guard_score": "anchor_accuracy"},
+}
+
+
+def run_record(run: dict) -> dict:
+    """The figures kept of one run (``benchmarks.filtering.run_one``'s, named here)."""
+    setting, config = run["config"].split("-", 1)
+    return {"setting": setting, "config": config, "seed": run["seed"], "wall_s": run["wall_s"],
+            "final": run["final"], "before": run["before"], "steps": run["steps"],
+            "tokens_generated": run["tokens_generated"], "tokens_trained": run["tokens_trained"],
+            "seconds": {"generate": run["seconds"]["generate"], "reward": run["seconds"]["reward"],
+                        "update": run["seconds"]["update"]}, "reused": run["reused"]}
+
+
+def summarize(runs: list[dict]) -> dict:
+    plain = {r["seed"]: r for r in runs if r["config"] == "plain"}
+    plain_s = statistics.mean(r["seconds"]["update"] for r in plain.values())
+    table = {}
+    for name in dict.fromkeys(r["config"] for r in runs):
+        rs = [r for r in runs if r["config"] == name]
+        paired = [100 * (r["final"][TARGET] - plain[r["seed"]]["final"][TARGET]) for r in rs]
+        table[name] = {"seeds": [r["seed"] for r in rs],
+                       "final": {k: statistics.mean(r["final"][k] for r in rs) for k in FINAL},
+                       "worst_avg16": min(r["final"][TARGET] for r in rs),
+                       "paired_avg16_minus_plain_points": paired,
+                       "at_least_3_points_above_plain": sum(d >= 3 for d in paired),
+                       "within_1_point_of_plain": sum(d >= -1 for d in paired),
+                       "update_seconds_x_plain": statistics.mean(r["seconds"]["update"] for r in rs) / plain_s}
+    return table
+
+
+def markdown(table: dict, title: str) -> str:
+    lines = [f"### {title}", "", "| config | avg@16 mean (worst) | Δ avg@16 vs plain, per seed | ≥ +3 pts | within 1 pt "
+             "| greedy | maj@16 | update seconds (x plain) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, row in table.items():
+        f = row["final"]
+        deltas = ", ".join(f"{d:+.1f}" for d in row["paired_avg16_minus_plain_points"])
+        lines.append(f"| {name} | {100 * f[TARGET]:.1f} ({100 * row['worst_avg16']:.1f}) | "
+                     f"{'—' if name == 'plain' else deltas} | {row['at_least_3_points_above_plain']}/{len(row['seeds'])} | "
+                     f"{row['within_1_point_of_plain']}/{len(row['seeds'])} | {100 * f['accuracy/greedy']:.1f} | "
+                     f"{100 * f['accuracy/maj@16']:.1f} | {row['update_seconds_x_plain']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
+    args = ap.parse_args(argv)
+    record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-anchor-"))
+    work.mkdir(parents=True, exist_ok=True)
+    anchors = write_anchors(work / "anchors.jsonl")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **CONFIGS[name], "anchor": str(anchors)}, seed)
+            for setting in args.settings for name in CONFIGS for seed in args.seeds]
+    runs = [run_record(r) for r in run_all(jobs, work, env, args.jobs, 0, "")]
+    tables = {s: summarize([r for r in runs if r["setting"] == s]) for s in args.settings}
+    result = {"provenance": provenance.finish(record), "episodes": 12, "configs": CONFIGS, "seeds": args.seeds,
+              "anchors": [json.loads(x) for x in anchors.read_text().splitlines()], "summary": tables, "runs": runs}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "anchor.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = "\n\n".join(markdown(tables[s], f"{s}: 12 episodes, {len(args.seeds)} seeds, 16 anchors; Δ paired by seed")
+                     for s in args.settings)
+    md += "\n\n" + provenance.footer(result["provenance"])
+    (RESULTS / "anchor.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
