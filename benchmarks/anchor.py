@@ -103,7 +103,9 @@ def main(argv=None) -> None:
     runs = [run_record(r) for r in run_all(jobs, work, env, args.jobs, 0, "")]
     tables = {s: summarize([r for r in runs if r["setting"] == s]) for s in args.settings}
     result = {"provenance": provenance.finish(record), "episodes": 12, "configs": CONFIGS, "seeds": args.seeds,
-              "anchors": [json.loads(x) for x in anchors.read_text().splitlines()], "summary": tables, "runs": runs}
+              "anchors": [{"prompt": a["prompt"], "answer": a["answer"]}
+                          for a in map(json.loads, anchors.read_text().splitlines())],
+              "summary": tables, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "anchor.json").write_text(json.dumps(result, indent=2) + "\n")
     md = "\n\n".join(markdown(tables[s], f"{s}: 12 episodes, {len(args.seeds)} seeds, 16 anchors; Δ paired by seed")
