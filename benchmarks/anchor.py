@@ -5,7 +5,8 @@ LESS (arXiv 2402.04333) selects training data with the gradients of a few labele
 user adapting at test time usually has a small dev set. Every configuration runs ``ttrl run`` for the demo
 preset's 12 episodes (the same prompt budget) with the same 16 anchors: labeled sums in the demo's format that
 are not test prompts, half of them carrying out of the units digit (``benchmarks.influence_signal``'s). Five
-seeds each, on ``demo-systematic`` (the vote is confidently wrong on the carry class) and on the clean demo.
+seeds each, on ``demo-systematic`` (the vote is confidently wrong on the carry class), on the demo with 20% of
+the groups' rewards inverted (``benchmarks.noise``) and on the clean demo.
 
 - ``plain``: TTRL; the anchors are only evaluated (``anchor/accuracy``), never trained on.
 - ``influence``: the influence selector (update stage) with the ``labeled`` target, the anchors' loss gradient:
@@ -16,7 +17,7 @@ seeds each, on ``demo-systematic`` (the vote is confidently wrong on the carry c
 Not here yet: the control that trains on the anchors directly (mixed into every step with their true labels).
 Writes benchmarks/results/anchor.{json,md}.
 
-Usage: ``python -m benchmarks.anchor [--seeds 0 1 2 3 4] [--jobs 2] [--settings systematic demo]``.
+Usage: ``python -m benchmarks.anchor [--seeds 0 1 2 3 4] [--jobs 2] [--settings systematic demo flipped]``.
 """
 
 from __future__ import annotations
@@ -38,12 +39,21 @@ FINAL = ("accuracy/greedy", "accuracy/avg@16", "accuracy/maj@16")
 SETTINGS: dict[str, dict] = {
     "systematic": {"model": "demo-systematic", "data": "demo-systematic"},
     "demo": {},
+    "flipped": {},  # the demo with 20% of the groups' rewards inverted (benchmarks.noise), seeded per run
 }
+FLIP = 0.2
 CONFIGS: dict[str, dict] = {
     "plain": {},
     "influence": {"selector": {"name": "influence", "target": "labeled"}},
     "anchor_guard": {"guard": "watch", "guard_snapshot_every": 4, "guard_score": "anchor_accuracy"},
 }
+
+
+def noise(setting: str, seed: int) -> dict:
+    """The flipped setting's reward: the majority vote with 20% of the groups' rewards inverted, per seed."""
+    if setting != "flipped":
+        return {}
+    return {"reward": {"name": "benchmarks.noise:NoisyMajorityVote", "flip": FLIP, "seed": seed}}
 
 
 def run_record(run: dict) -> dict:
@@ -98,8 +108,8 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     anchors = write_anchors(work / "anchors.jsonl")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **CONFIGS[name], "anchor": str(anchors)}, seed)
-            for setting in args.settings for name in CONFIGS for seed in args.seeds]
+    jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **CONFIGS[name], "anchor": str(anchors), **noise(setting, seed)},
+             seed) for setting in args.settings for name in CONFIGS for seed in args.seeds]
     runs = [run_record(r) for r in run_all(jobs, work, env, args.jobs, 0, "")]
     tables = {s: summarize([r for r in runs if r["setting"] == s]) for s in args.settings}
     result = {"provenance": provenance.finish(record), "episodes": 12, "configs": CONFIGS, "seeds": args.seeds,
