@@ -32,6 +32,7 @@ from pathlib import Path
 from benchmarks import provenance
 from benchmarks.filtering import run_all
 from benchmarks.influence_signal import write_anchors
+from benchmarks.noise import reward_spec
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = "accuracy/avg@16"
@@ -53,7 +54,7 @@ def noise(setting: str, seed: int) -> dict:
     """The flipped setting's reward: the majority vote with 20% of the groups' rewards inverted, per seed."""
     if setting != "flipped":
         return {}
-    return {"reward": {"name": "benchmarks.noise:NoisyMajorityVote", "flip": FLIP, "seed": seed}}
+    return {"reward": reward_spec(FLIP, seed)}
 
 
 def run_record(run: dict) -> dict:

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import provenance
+from benchmarks.noise import reward_spec
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = "accuracy/avg@16"
@@ -255,8 +256,7 @@ def main(argv=None) -> None:
                    work, env, args.jobs, args.eval_every, "")
     noisy = []
     if args.noise > 0:
-        jobs = [(f"noisy-{n}", {**CONFIGS[n], "reward": {"name": "benchmarks.noise:NoisyMajorityVote",
-                                                          "flip": args.noise, "seed": s}}, s)
+        jobs = [(f"noisy-{n}", {**CONFIGS[n], "reward": reward_spec(args.noise, s)}, s)
                 for n in NOISY if n in args.noisy_configs for s in seeds_of[n]]
         noisy = run_all(jobs, work, env, args.jobs, args.eval_every, "")
         for r in noisy:

@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from benchmarks import provenance
+from benchmarks.noise import reward_spec
 from engine.data.demo import demo_tasks, units_carry
 from filters.influence import InfluenceSelector
 from rewards import is_correct
@@ -97,8 +98,7 @@ def run_one(setting: str, seed: int, episodes: int, work: Path, anchors: Path) -
         return scores
     scores.unlink(missing_ok=True)
     cfg = {**SETTINGS[setting], "episodes": episodes, "seed": seed, "eval_every": 0, "progress": False,
-           **({"reward": {"name": "benchmarks.noise:NoisyMajorityVote", "flip": FLIP, "seed": seed}}
-              if setting == "flipped" else {}),
+           **({"reward": reward_spec(FLIP, seed)} if setting == "flipped" else {}),
            "output_dir": str(out), "selector": {"name": "benchmarks.influence_signal:ScoreRecorder",
                                                 "out": str(scores), "labeled_path": str(anchors), "seed": seed}}
     cfg_file = work / f"{setting}-s{seed}.yaml"

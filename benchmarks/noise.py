@@ -27,3 +27,8 @@ class NoisyMajorityVote:
         else:
             group.stats["noise/flipped"] = 0.0
         return rewards
+
+
+def reward_spec(flip: float, seed: int) -> dict:
+    """The ``reward`` option of a run whose votes are flipped: ``NoisyMajorityVote`` at ``flip`` for ``seed``."""
+    return {"name": "benchmarks.noise:NoisyMajorityVote", "flip": flip, "seed": seed}
