@@ -55,3 +55,25 @@ def make_group(answers: list[str | None], task: Task | None = None) -> RolloutGr
         for a in answers
     ]
     return RolloutGroup(task=task or make_task(0), rollouts=rollouts)
+
+
+def run_in_process(args: list[str], *, log=lambda _line: None, wrap_generate=None):
+    """``ttrl run ARGS`` in this process: the config parsed, the seeds set, the parts built and the loop run, as
+    the command does. ``wrap_generate(generate)`` returns what replaces the sampler's ``generate`` (a spy, or a
+    Ctrl-C while a chosen step samples). Returns (summary, policy, sampler)."""
+    import random
+
+    import torch
+
+    from engine.cli.build import build
+    from engine.config.options import parse_config
+    from engine.loop import run
+
+    cfg = parse_config(args)
+    torch.manual_seed(cfg.grpo.seed)
+    random.seed(cfg.grpo.seed)
+    _, tasks, policy, sampler = build(cfg)
+    if wrap_generate is not None:
+        sampler.generate = wrap_generate(sampler.generate)
+    summary = run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=Path(cfg.grpo.output_dir), log=log)
+    return summary, policy, sampler

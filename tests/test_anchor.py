@@ -4,7 +4,6 @@ demo model: the ``anchor/*`` columns, the guard's choice, and the influence sele
 
 import json
 import math
-import random
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +16,7 @@ from engine.errors import ConfigError
 from engine.rundir.guard import RunGuard
 from filters.guard import anchor_accuracy
 from filters.vote_history import VoteHistory
+from factories import run_in_process
 from test_bad_input import fails, tiny_args, write_rows
 
 TESTS = [{"id": f"t{i}", "question": f"{i}+{i}=", "answer": str(2 * i)} for i in range(4)]
@@ -138,24 +138,16 @@ def demo_anchor_file(path, rows=range(120, 128)):
 
 
 def demo_run(out, *extra, spy=None):
-    from engine.cli.build import build
-    from engine.loop import run
-
-    cfg = parse_config(["--model", "demo", "--data", "demo", "--n_votes", "8", "--n_train", "4",
-                        "--prompts_per_step", "4", "--episodes", "1", "--eval_k", "2", "--eval_greedy", "false",
-                        "--output_dir", str(out), "--progress", "false", "--seed", "1", *extra])
-    torch.manual_seed(cfg.grpo.seed)
-    random.seed(cfg.grpo.seed)
-    _, tasks, policy, sampler = build(cfg)
-    if spy is not None:
-        generate = sampler.generate
-
-        def spying(tasks_, params, desc="sample"):
+    def spying(generate):
+        def wrapped(tasks_, params, desc="sample"):
             spy.append(([t.question for t in tasks_], params.n, params.greedy))
             return generate(tasks_, params, desc=desc)
+        return wrapped
 
-        sampler.generate = spying
-    summary = run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=out, log=lambda s: None)
+    args = ["--model", "demo", "--data", "demo", "--n_votes", "8", "--n_train", "4", "--prompts_per_step", "4",
+            "--episodes", "1", "--eval_k", "2", "--eval_greedy", "false", "--output_dir", str(out), "--progress",
+            "false", "--seed", "1", *extra]
+    summary, _, _ = run_in_process(args, wrap_generate=spying if spy is not None else None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return summary, rows
 

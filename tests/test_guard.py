@@ -3,16 +3,14 @@
 import json
 import math
 import os
-import random
 import signal
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from factories import make_group, make_task
+from factories import make_group, make_task, run_in_process
 from engine.errors import ConfigError
 from engine.config.options import parse_config
 from engine.rundir.guard import RunGuard, label_free
@@ -237,25 +235,14 @@ def guarded_args(model, data, out, *extra):
 def guarded_run(args, interrupt_at: str | None = None):
     """Build the parts and run the loop in this process; with ``interrupt_at`` (a sampling desc such as
     "step 3 sample"), Ctrl-C arrives while that step samples."""
-    from engine.cli.build import build
-    from engine.loop import run
-
-    cfg = parse_config(args)
-    torch.manual_seed(cfg.grpo.seed)
-    random.seed(cfg.grpo.seed)
-    _, tasks, policy, sampler = build(cfg)
-    if interrupt_at is not None:
-        generate = sampler.generate
-
-        def interrupting(tasks_, params, desc="sample"):
+    def interrupting(generate):
+        def wrapped(tasks_, params, desc="sample"):
             if desc == interrupt_at:
                 os.kill(os.getpid(), signal.SIGINT)
             return generate(tasks_, params, desc=desc)
+        return wrapped
 
-        sampler.generate = interrupting
-    summary = run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=Path(cfg.grpo.output_dir),
-                  log=lambda s: None)
-    return summary, policy, sampler
+    return run_in_process(args, wrap_generate=interrupting if interrupt_at is not None else None)
 
 
 def test_a_guarded_run_rolls_back_to_the_best_snapshot_in_policy_sampler_and_summary(tiny_model, tiny_data, tmp_path):

@@ -9,9 +9,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-import torch
 
-from factories import make_group, make_task
+from factories import make_group, make_task, run_in_process
 from engine.config.options import parse_config
 from engine.errors import ConfigError
 from engine.loop import PromptStream, apply_reward, collect_groups
@@ -178,14 +177,7 @@ def demo_args(out, *extra):
 
 
 def demo_run(out, *extra, log=lambda s: None):
-    from engine.cli.build import build
-    from engine.loop import run
-
-    cfg = parse_config(demo_args(out, *extra))
-    torch.manual_seed(cfg.grpo.seed)
-    random.seed(cfg.grpo.seed)
-    _, tasks, policy, sampler = build(cfg)
-    return run(cfg, sampler=sampler, policy=policy, tasks=tasks, out_dir=out, log=log)
+    return run_in_process(demo_args(out, *extra), log=log)[0]
 
 
 def metrics(out):
