@@ -13,8 +13,13 @@ the groups' rewards inverted (``benchmarks.noise``) and on the clean demo.
   rows pointing against it are taken out of the update.
 - ``anchor_guard``: plain TTRL whose collapse guard snapshots every episode and ends on the snapshot with the
   best anchor accuracy (``--guard_score anchor_accuracy``).
+- ``anchor_train_4`` and ``anchor_train_16``: the control a user would try first — plain TTRL with the anchors
+  trained on directly (``--anchor_train``), rewarded 1/0 by their true labels: 4 of them in every step (each
+  anchor once an episode, 1/8 more training groups) or all 16 in every step (1/2 more). Their ``anchor/*`` columns
+  measure examples they trained on.
 
-Not here yet: the control that trains on the anchors directly (mixed into every step with their true labels).
+The target (issue 26): anchored influence ≥ 3 points avg@16 above plain on ≥ 4 of 5 seeds on ``demo-systematic``
+and flipped, and above the anchors-trained-directly control; within 1 point of plain on the clean demo.
 Writes benchmarks/results/anchor.{json,md}.
 
 Usage: ``python -m benchmarks.anchor [--seeds 0 1 2 3 4] [--jobs 2] [--settings systematic demo flipped]``.
@@ -47,7 +52,10 @@ CONFIGS: dict[str, dict] = {
     "plain": {},
     "influence": {"selector": {"name": "influence", "target": "labeled"}},
     "anchor_guard": {"guard": "watch", "guard_snapshot_every": 4, "guard_score": "anchor_accuracy"},
+    "anchor_train_4": {"anchor_train": 4},
+    "anchor_train_16": {"anchor_train": 16},
 }
+CONTROLS = ("anchor_train_4", "anchor_train_16")  # trained on the anchors directly: what influence must beat
 
 
 def noise(setting: str, seed: int) -> dict:
@@ -69,6 +77,7 @@ def run_record(run: dict) -> dict:
 
 def summarize(runs: list[dict]) -> dict:
     plain = {r["seed"]: r for r in runs if r["config"] == "plain"}
+    controls = {c: {r["seed"]: r for r in runs if r["config"] == c} for c in CONTROLS}
     plain_s = statistics.mean(r["seconds"]["update"] for r in plain.values())
     table = {}
     for name in dict.fromkeys(r["config"] for r in runs):
@@ -80,20 +89,28 @@ def summarize(runs: list[dict]) -> dict:
                        "paired_avg16_minus_plain_points": paired,
                        "at_least_3_points_above_plain": sum(d >= 3 for d in paired),
                        "within_1_point_of_plain": sum(d >= -1 for d in paired),
+                       "seeds_above_control": {c: sum(r["final"][TARGET] > by_seed[r["seed"]]["final"][TARGET]
+                                                      for r in rs if r["seed"] in by_seed)
+                                               for c, by_seed in controls.items() if by_seed and c != name},
+                       "tokens_generated_x_plain": statistics.mean(r["tokens_generated"] for r in rs)
+                       / statistics.mean(r["tokens_generated"] for r in plain.values()),
                        "update_seconds_x_plain": statistics.mean(r["seconds"]["update"] for r in rs) / plain_s}
     return table
 
 
 def markdown(table: dict, title: str) -> str:
     lines = [f"### {title}", "", "| config | avg@16 mean (worst) | Δ avg@16 vs plain, per seed | ≥ +3 pts | within 1 pt "
-             "| greedy | maj@16 | update seconds (x plain) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| above anchor_train_4 / _16 | greedy | maj@16 | update seconds (x plain) | sampled tokens (x plain) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in table.items():
         f = row["final"]
         deltas = ", ".join(f"{d:+.1f}" for d in row["paired_avg16_minus_plain_points"])
         lines.append(f"| {name} | {100 * f[TARGET]:.1f} ({100 * row['worst_avg16']:.1f}) | "
                      f"{'—' if name == 'plain' else deltas} | {row['at_least_3_points_above_plain']}/{len(row['seeds'])} | "
-                     f"{row['within_1_point_of_plain']}/{len(row['seeds'])} | {100 * f['accuracy/greedy']:.1f} | "
-                     f"{100 * f['accuracy/maj@16']:.1f} | {row['update_seconds_x_plain']:.2f} |")
+                     f"{row['within_1_point_of_plain']}/{len(row['seeds'])} | "
+                     f"{' / '.join(str(row['seeds_above_control'].get(c, '—')) for c in CONTROLS)} | "
+                     f"{100 * f['accuracy/greedy']:.1f} | {100 * f['accuracy/maj@16']:.1f} | "
+                     f"{row['update_seconds_x_plain']:.2f} | {row['tokens_generated_x_plain']:.2f} |")
     return "\n".join(lines)
 
 

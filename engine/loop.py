@@ -5,9 +5,10 @@ test inputs: for each prompt it samples ``n_votes`` rollouts, takes the majority
 pseudo-label, rewards the rollouts that agree with it (1) and the rest (0), and runs a GRPO update on
 ``n_train`` of them with a small KL anchor to the base model. Labels, where the user has them, are
 used for evaluation and telemetry only: training stages see ``task.unlabeled()`` copies. The ``--anchor``
-examples (``cfg.anchors``: a few labeled ones held out of the test prompts) are never sampled for training:
-they are evaluated beside the test prompts (``anchor/*``) and may be the influence selector's labeled target
-(LESS, arXiv 2402.04333) and the guard's snapshot score (``anchor_accuracy``).
+examples (``cfg.anchors``: a few labeled ones held out of the test prompts) are evaluated beside the test
+prompts (``anchor/*``) and may be the influence selector's labeled target (LESS, arXiv 2402.04333) and the
+guard's snapshot score (``anchor_accuracy``); they are sampled for training only with ``--anchor_train``, the
+control that trains on them directly with their true labels (``sample_anchors``).
 
 This module never imports vllm or trl: it is handed a ``sampler`` (``engine.types.Sampler``) and a
 ``policy`` (``engine.update.GRPOPolicy``), so every backend runs the same loop. What a run writes
@@ -107,9 +108,15 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
             for stage in stages:
                 if hasattr(stage.fn, "skip"):  # GRESO adapts its skip probability once per step
                     row.update(stage.fn.end_step())
+            anchored = []
+            if t.anchor_train and kept:  # --anchor_train: labeled anchors join a step that trains, rewarded by their labels
+                anchored, anchor_counts = sample_anchors(sampler, cfg.anchors, params, t.anchor_train, row["iteration"],
+                                                         t.answer_type)
+                for key, value in anchor_counts.items():
+                    row[key] = row.get(key, 0) + value
             # TRL splits each rank's batch into gradient_accumulation_steps equal parts: train on whole groups
-            # that fit, the same number on every rank.
-            kept, group_counts = fit_to_accumulation(sampled, kept, g.gradient_accumulation_steps, t.n_train,
+            # that fit, the same number on every rank (the anchors' groups, last, are the first left out).
+            kept, group_counts = fit_to_accumulation(sampled + anchored, kept + anchored, g.gradient_accumulation_steps, t.n_train,
                                                      iteration=row["iteration"], log=log,
                                                      ranks=distributed.world_size())
             row.update(group_counts)
@@ -196,6 +203,33 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
     if votes != "off":
         counts.update(vote_counts(sampled, rule, votes, dropped=drop_unanimous))
     return sampled, kept, counts
+
+
+def sample_anchors(sampler, anchors: list[Task], params: SamplingParams, n: int, iteration: int,
+                   answer_type: str) -> tuple[list[RolloutGroup], dict[str, float]]:
+    """``--anchor_train``: ``n`` of the labeled anchors as training groups, rewarded by their true labels.
+
+    The control a user would try before gradient selection: train on the small dev set directly, mixed into
+    every step with a correctness reward (1 where the rollout's answer equals the label, ``engine.evaluate.grade``;
+    the vote stays on the test prompts). Iteration ``i`` takes anchors ``i*n .. i*n+n-1`` (mod their number), so
+    every anchor comes round equally often and a resumed run takes the same ones. Each is sampled ``params.n``
+    times like a test prompt; the groups carry the label as their ``label`` and the training stages see the
+    task unlabeled. Under torchrun each rank samples and grades its share and the groups are all-gathered (as
+    ``collect_groups`` does). Returns the groups and their counts: tokens and seconds added to the step's
+    sampling, and ``anchor_train/groups`` and ``anchor_train/reward`` (the share of rollouts right)."""
+    start = time.perf_counter()
+    chosen = [anchors[(iteration * n + i) % len(anchors)] for i in range(n)]
+    mine = distributed.shard(chosen)
+    groups = sampler.generate([a.unlabeled() for a in mine], params, desc="anchors")
+    for grp, anchor in zip(groups, mine, strict=True):
+        for rollout, right in zip(grp.rollouts, grade(grp, anchor.label, answer_type), strict=True):
+            rollout.reward = float(right)
+        grp.label = anchor.label
+    groups = distributed.gather_lists(groups)
+    rewards = [r.reward for grp in groups for r in grp.rollouts]
+    return groups, {"time/generate_s": time.perf_counter() - start, "anchor_train/groups": len(groups),
+                    "tokens/generated": sum(len(r.token_ids) for grp in groups for r in grp.rollouts),
+                    "anchor_train/reward": sum(rewards) / len(rewards)}
 
 
 def fit_to_accumulation(sampled: list[RolloutGroup], kept: list[RolloutGroup], accumulation: int, n_train: int, *,

@@ -42,12 +42,20 @@ def test_bad_anchor_files_are_refused_before_the_model_loads(capsys, tiny_model,
     fails(capsys, *tiny_args(tiny_model, data, tmp_path / "run", "--anchor", anchor), says=says)
 
 
+def test_training_on_more_anchors_than_the_file_holds_is_refused_before_the_model_loads(capsys, tiny_model, tmp_path):
+    data, anchor = write_rows(tmp_path / "tests.jsonl", TESTS), write_rows(tmp_path / "anchors.jsonl", [ANCHORS[0], ANCHORS[2]])
+    fails(capsys, *tiny_args(tiny_model, data, tmp_path / "run", "--anchor", anchor, "--anchor_train", "3"),
+          says=["anchor_train 3: anchor", "anchors.jsonl has 2 examples"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--selector", "{name: influence, target: labeled}"],
      "selector: target labeled needs labeled examples: --anchor FILE"),
     (["--guard", "watch", "--guard_snapshot_every", "2", "--guard_score", "anchor_accuracy"],
      "guard_score anchor_accuracy needs --anchor FILE"),
     (["--selector", "{name: influence, target: labeled"], "selector: '{name: influence, target: labeled' is not a YAML"),
+    (["--anchor_train", "2"], "anchor_train 2 needs --anchor FILE"),
+    (["--anchor", "a.jsonl", "--anchor_train", "-1"], "anchor_train must be 0 (off) or the number of anchors"),
 ])
 def test_what_reads_the_anchors_is_refused_without_them(args, message, tmp_path):
     with pytest.raises(ConfigError) as err:
@@ -207,3 +215,38 @@ def test_the_guard_keeps_the_snapshot_measured_best_on_the_anchors(anchored):
 def test_the_influence_selectors_labeled_target_is_the_anchors(anchored):
     assert all(r["groups/trained"] == 4 and 0 <= r["filters/influence/kept_fraction"] <= 1 for r in anchored.rows)
     assert anchored.seen and set(anchored.seen) == {(None, 8)}                  # every step scored against them
+
+
+def test_anchor_train_mixes_the_anchors_into_every_step_rewarded_by_their_labels(tmp_path):
+    """The control for anchored influence: ``--anchor_train 4`` of 8 anchors joins each of the two steps (4 test
+    prompts each), sampled n_votes times, each rollout rewarded by its answer against the anchor's true label."""
+    anchor, questions = demo_anchor_file(tmp_path / "anchors.jsonl")
+    labels = {json.loads(line)["prompt"]: json.loads(line)["answer"] for line in anchor.read_text().splitlines()}
+    calls = []
+
+    def spying(generate):
+        def wrapped(tasks_, params, desc="sample"):
+            groups = generate(tasks_, params, desc=desc)
+            calls.append((desc, params.n, groups))
+            return groups
+        return wrapped
+
+    out = tmp_path / "run"
+    args = ["--model", "demo", "--data", "demo", "--limit", "8", "--n_votes", "8", "--n_train", "4",
+            "--prompts_per_step", "4", "--episodes", "1", "--eval_k", "2", "--eval_greedy", "false", "--output_dir",
+            str(out), "--progress", "false", "--seed", "1", "--anchor", str(anchor), "--anchor_train", "4"]
+    run_in_process(args, wrap_generate=spying)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [groups for desc, n, groups in calls if desc == "anchors"]
+    assert [n for desc, n, _ in calls if desc == "anchors"] == [8, 8]
+    # iteration i takes anchors 4i .. 4i+3 of the 8, mod 8: iterations 1 and 2 take the second half, then the first
+    assert [[g.task.question for g in groups] for groups in trained] == [questions[4:], questions[:4]]
+    assert all(g.task.label is None and g.label == labels[g.task.question] for groups in trained for g in groups)
+    for groups in trained:
+        for g in groups:
+            assert [r.reward for r in g.rollouts] == [float(r.answer == g.label) for r in g.rollouts]
+    assert [r["anchor_train/groups"] for r in rows] == [4, 4] and [r["groups/trained"] for r in rows] == [8, 8]
+    assert [r["anchor_train/reward"] for r in rows] == [
+        sum(r.reward for g in groups for r in g.rollouts) / 32 for groups in trained]
+    sampled = [sum(len(r.token_ids) for g in groups for r in g.rollouts) for _, n, groups in calls if n == 8]
+    assert sum(r["tokens/generated"] for r in rows) == sum(sampled)            # the anchors' tokens count

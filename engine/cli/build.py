@@ -11,6 +11,7 @@ import os
 from engine import distributed
 from engine.config.options import Config
 from engine.data.models import load_tokenizer
+from engine.errors import ConfigError
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL reports usage unless told not to
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ def load_prepared_anchors(cfg: Config, tokenizer, template: str | None, tasks) -
     d = cfg.data
     anchors = load_anchors(cfg.ttrl.anchor, tasks, prompt_field=d.prompt_field, label_field=d.label_field,
                            id_field=d.id_field, split=d.split, data_dir=d.data_dir)
+    if cfg.ttrl.anchor_train > len(anchors):
+        raise ConfigError(f"anchor_train {cfg.ttrl.anchor_train}: anchor {cfg.ttrl.anchor} has {len(anchors)} examples; "
+                          "train on at most that many each step")
     return prepare(cfg, tokenizer, anchors, template)
 
 

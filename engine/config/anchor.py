@@ -6,9 +6,11 @@ setting, arXiv 2402.04333) feed two stages beside the ``anchor/*`` evaluation co
 - the influence selector's ``labeled`` target, when its spec names no ``labeled_path``: ``selector_spec``
   hands the selector the anchors as in-memory examples (prompt token ids as the sampler sees them, the label
   as the reference answer), so ``filters/`` reads no file format of the engine's;
-- ``--guard_score anchor_accuracy`` (``filters.guard``): each snapshot ranked by its greedy accuracy on them.
+- ``--guard_score anchor_accuracy`` (``filters.guard``): each snapshot ranked by its greedy accuracy on them;
+- ``--anchor_train N``: N of them trained on every step with a correctness reward (``engine.loop``), the control
+  for the two above.
 
-Either without ``--anchor`` has nothing to read: ``check_anchor`` refuses it at start-up, naming the option.
+Any of them without ``--anchor`` has nothing to read: ``check_anchor`` refuses it at start-up, naming the option.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ def selector_spec(spec, anchors: list[Task]):
 
 
 def check_anchor(t) -> None:
-    """``--anchor`` is what a ``labeled`` influence target without ``labeled_path`` and ``--guard_score
-    anchor_accuracy`` read: either without it is refused (``t``: the run's ``TTRLArgs``)."""
+    """``--anchor`` is what a ``labeled`` influence target without ``labeled_path``, ``--guard_score
+    anchor_accuracy`` and ``--anchor_train`` read: each without it is refused (``t``: the run's ``TTRLArgs``)."""
+    if t.anchor_train < 0:
+        raise ConfigError(f"anchor_train must be 0 (off) or the number of anchors trained on each step, got {t.anchor_train}")
+    if t.anchor_train and t.anchor is None:
+        raise ConfigError(f"anchor_train {t.anchor_train} needs --anchor FILE: the labeled examples to train on")
     if t.anchor is not None and not str(t.anchor).strip():
         raise ConfigError("anchor must name a file of labeled examples (.json, .jsonl or .parquet), got ''")
     if t.anchor is not None:
