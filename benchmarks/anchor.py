@@ -17,6 +17,10 @@ the groups' rewards inverted (``benchmarks.noise``) and on the clean demo.
   trained on directly (``--anchor_train``), rewarded 1/0 by their true labels: 4 of them in every step (each
   anchor once an episode, 1/8 more training groups) or all 16 in every step (1/2 more). Their ``anchor/*`` columns
   measure examples they trained on.
+- ``consensus``: no anchors used — the label-free signal ``benchmarks.influence_signal`` found strongest (a group's
+  majority ratio separates rollouts rewarded on right pseudo-labels from wrong ones at AUROC 0.82–0.85, where the
+  gradient targets reach 0.33–0.73): the ``consensus`` filter drops groups whose majority holds under 37.5% of the
+  votes (SCRL's share, taken as published, not tuned here) and refills them.
 
 The target (issue 26): anchored influence ≥ 3 points avg@16 above plain on ≥ 4 of 5 seeds on ``demo-systematic``
 and flipped, and above the anchors-trained-directly control; within 1 point of plain on the clean demo.
@@ -54,6 +58,7 @@ CONFIGS: dict[str, dict] = {
     "anchor_guard": {"guard": "watch", "guard_snapshot_every": 4, "guard_score": "anchor_accuracy"},
     "anchor_train_4": {"anchor_train": 4},
     "anchor_train_16": {"anchor_train": 16},
+    "consensus": {"filters": ["consensus"]},
 }
 CONTROLS = ("anchor_train_4", "anchor_train_16")  # trained on the anchors directly: what influence must beat
 
