@@ -45,3 +45,17 @@ def test_no_tracked_file_cites_notes_outside_the_repository():
         text = path.read_bytes().decode("utf-8", errors="ignore")
         citing += [f"{rel} ({name})" for name in names if name in text]
     assert not citing, f"files cite notes a clone does not have: {citing}"
+
+
+def test_filter_tables_in_the_pages_are_the_generated_ones():
+    """docs/filters.md and README.md carry the blocks of benchmarks/results/filter_table.md verbatim (the script
+    rewrites all three), so no figure in them can drift from the results files it was computed from."""
+    from benchmarks import filter_table
+    generated = (filter_table.RESULTS / "filter_table.md").read_text(encoding="utf-8")
+    for key, begin, end in (("table", filter_table.BEGIN, filter_table.END),
+                            ("summary", filter_table.SUMMARY_BEGIN, filter_table.SUMMARY_END)):
+        page = filter_table.DOCS[key]
+        text = page.read_text(encoding="utf-8")
+        assert text.count(begin) == 1 and text.count(end) == 1, f"{page.name}: no single {begin} … {end} block"
+        assert filter_table.marked(text, begin, end) == filter_table.marked(generated, begin, end), (
+            f"{page.name} differs from filter_table.md: run `python -m benchmarks.filter_table`")
