@@ -44,7 +44,8 @@ from engine.registry import resolve, spec_name
 from engine.rundir.guard import RunGuard
 from engine.rundir.record import RunRecord
 from engine.samplers.rounds import UNANIMOUS, sample_groups, vote_counts
-from engine.types import RolloutGroup, SamplingParams, Task
+from engine.types import (BatchSelector, EndOfStep, FiltersGradients, ReportsMetrics, RolloutGroup, SamplingParams,
+                          Skipper, Task)
 from engine.update import Batch, accumulation_unit
 from filters import FILTERS, SELECTORS
 from filters.stage import apply_filters, build_filters
@@ -106,7 +107,7 @@ def run(cfg: Config, *, sampler, policy, tasks: list[Task], out_dir: Path, log=t
                 row.update(votes.observe(sampled, labels))
                 kept = guard.screen(row, sampled, kept)  # skip risky groups, pause this update, or stop the run
             for stage in stages:
-                if hasattr(stage.fn, "skip"):  # GRESO adapts its skip probability once per step
+                if isinstance(stage.fn, EndOfStep):  # GRESO adapts its skip probability once per step
                     row.update(stage.fn.end_step())
             anchored = []
             if t.anchor_train and kept:  # --anchor_train: labeled anchors join a step that trains, rewarded by their labels
@@ -164,8 +165,8 @@ def collect_groups(stream: PromptStream, sampler, params: SamplingParams, score,
     all n_votes and counts what the rule would have done. Returns every group sampled, the groups kept, and
     the row's sampling counts.
     """
-    skippers = [stage.fn for stage in stages if hasattr(stage.fn, "skip") and stage.mode == "enforce"]
-    watchers = [stage for stage in stages if hasattr(stage.fn, "skip") and stage.mode == "monitor"]
+    skippers = [stage.fn for stage in stages if isinstance(stage.fn, Skipper) and stage.mode == "enforce"]
+    watchers = [stage for stage in stages if isinstance(stage.fn, Skipper) and stage.mode == "monitor"]
     sampled: list[RolloutGroup] = []
     kept: list[RolloutGroup] = []
     counts: dict[str, float] = {"prompts/skipped": 0, "time/generate_s": 0.0, "time/reward_s": 0.0,
@@ -263,11 +264,12 @@ def update(policy, sampler, select, groups: list[RolloutGroup], n_train: int) ->
     selections = select_rollouts(select, groups, n_train, policy)
     batch = Batch.from_groups(groups, selections)
     row["tokens/trained"] = sum(len(ids) for ids in batch.completion_ids)
-    for key, value in getattr(select, "last_metrics", {}).items():
-        row[key] = value
+    if isinstance(select, ReportsMetrics):
+        row.update(select.last_metrics)
     row["tokens/trained"] = distributed.sum_across(row["tokens/trained"])  # every rank's share
+    grad_filter = select.grad_filter if isinstance(select, FiltersGradients) else None
     start = time.perf_counter()
-    row.update(distributed.mean_across(policy.update(batch, grad_filter=getattr(select, "grad_filter", None))))
+    row.update(distributed.mean_across(policy.update(batch, grad_filter=grad_filter)))
     row.update(sampler.load_weights(policy.model) or {})  # vLLM reports time/weight_sync_s
     row["time/update_s"] = time.perf_counter() - start
     row["update/skipped"] = 0
@@ -386,9 +388,9 @@ def select_rollouts(select, groups: list[RolloutGroup], k: int, policy) -> list[
     """Indices of the ``k`` rollouts to train on, per group.
 
     A plain selector sees one group at a time. A selector that needs the whole batch and the policy
-    (gradient influence scores rollouts against a batch-level direction) has ``select_batch``.
+    (gradient influence scores rollouts against a batch-level direction) is a ``BatchSelector``.
     """
-    if hasattr(select, "select_batch"):
+    if isinstance(select, BatchSelector):
         return select.select_batch(groups, k, policy)
     return [select(grp, k) for grp in groups]
 

@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from engine import distributed
-from engine.types import RolloutGroup
+from engine.types import GradientFilter, RolloutGroup
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -217,6 +217,29 @@ class GRPOPolicy:
         """The live policy module (PEFT-wrapped under LoRA): samplers generate from it directly."""
         return self.trainer.model
 
+    # The rest of ``engine.types.GradientSource``: what a stage may read of TRL's trainer, named here
+    # so that filters/ never reaches into it.
+
+    @property
+    def optimizer(self):
+        """TRL's optimizer, as accelerate prepared it (the influence selector preconditions with its Adam state)."""
+        return self.trainer.optimizer
+
+    @property
+    def tokenizer(self):
+        """The tokenizer TRL was given (its ``processing_class``)."""
+        return self.trainer.processing_class
+
+    @property
+    def temperature(self) -> float:
+        """The temperature TRL divides the logits by before its log-probs (``GRPOConfig.temperature``)."""
+        return self.args.temperature
+
+    @property
+    def scale_rewards(self) -> str | bool:
+        """TRL's advantage scaling, ``group`` | ``batch`` | ``none`` (``GRPOConfig.scale_rewards``)."""
+        return self.args.scale_rewards
+
     def _rollout_func(self, prompts, trainer) -> dict:
         batch = self._pending
         assert batch is not None and len(prompts) == len(batch), "rollout_func called outside update()"
@@ -228,12 +251,12 @@ class GRPOPolicy:
         }
         return out
 
-    def update(self, batch: Batch, grad_filter=None) -> dict[str, float]:
+    def update(self, batch: Batch, grad_filter: GradientFilter | None = None) -> dict[str, float]:
         """One optimizer step (or ``num_iterations`` of them, GRPO's μ) on ``batch``; TRL's metrics back.
 
-        ``grad_filter`` (the influence selector's update stage) gets every optimizer step's per-row gradients,
-        all its micro-batches together, after the last backward, and may take rows out of ``.grad`` before
-        the optimizer steps."""
+        ``grad_filter`` (``engine.types.GradientFilter``: the influence selector's update stage) gets
+        every optimizer step's per-row gradients, all its micro-batches together, after the last backward, and
+        may take rows out of ``.grad`` before the optimizer steps; it reads the policy as a ``GradientSource``."""
         args, trainer = self.args, self.trainer
         # Fewer groups than configured is fine (filters may leave a short batch at the end of a run); TRL
         # computes advantages over whole groups, then splits the rows evenly over the accumulation steps.
@@ -279,7 +302,7 @@ class GRPOPolicy:
             metrics.update(grad_filter.last_metrics)
         return metrics
 
-    def _filtered_step(self, rows, grad_filter, recorded: list[tuple]):
+    def _filtered_step(self, rows, grad_filter: GradientFilter, recorded: list[tuple]):
         """One micro-step with per-row gradients recorded during TRL's own backward; appends them to
         ``recorded`` with the rows' advantages and normaliser weights (TRL shuffles rows between
         micro-batches, so both are read from its inputs). ``grad_filter.filter_gradients`` gets the whole

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine.types import RolloutGroup
 from filters.vote_history import VoteHistory
@@ -53,6 +54,22 @@ class Verdict:
     def __post_init__(self):
         if self.action not in ACTIONS:
             raise ValueError(f"guard verdict action {self.action!r}; allowed: {', '.join(ACTIONS)}")
+
+
+class Guard(Protocol):
+    """A collapse guard (module docstring): this step's label-free signals, its sampled groups, the vote
+    history and the earlier steps' label-free rows in; the step's ``Verdict`` out. A guard's own options are
+    keyword-only, with defaults (the spec's keys). ``tests/test_layering.py`` checks every one in ``GUARDS``."""
+
+    def __call__(self, signals: dict, groups: list[RolloutGroup], votes: VoteHistory,
+                 history: list[dict]) -> Verdict: ...
+
+
+class SnapshotScore(Protocol):
+    """How a weight snapshot is ranked for the rollback: the rows its weights produced in, higher is better
+    out (NaN: nothing to rank on). ``tests/test_layering.py`` checks every one in ``SCORES``."""
+
+    def __call__(self, window: list[dict]) -> float: ...
 
 
 def watch(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict]) -> Verdict:

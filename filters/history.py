@@ -22,8 +22,10 @@ from filters.degenerate import zero_variance
 class HistorySkip:
     """A group filter that never drops a group itself but remembers which prompts were degenerate.
 
-    As a filter it records each group's outcome (True always: dropping is for ``zero_variance``);
-    ``skip(task_id, rng)`` is asked by the loop before sampling a prompt.
+    As a filter it records each group's outcome (True always: dropping is for ``zero_variance``). It has
+    three of the stage capabilities of ``engine.types``: a ``Skipper`` (the loop asks ``skip(task_id, rng)``
+    before sampling a prompt, or sums ``skip_probability`` in monitor mode), ``EndOfStep`` (``end_step``
+    adapts ``p``) and ``Stateful`` (its streaks and ``p`` are checkpointed).
     """
 
     def __init__(self, target: float = 0.25, p: float = 0.5, step: float = 0.05, p_min: float = 0.05,

@@ -8,18 +8,21 @@ A group is dropped when any enforcing filter rejects it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from engine.registry import SpecError, resolve, split_spec
-from engine.types import RolloutGroup
+from engine.types import GroupFilter, RolloutGroup
 
 MODES = ("enforce", "monitor")
 
 
 @dataclass
 class FilterStage:
+    """One configured filter: ``fn`` is a ``GroupFilter``, and may have more of the stage capabilities
+    of ``engine.types`` (GRESO's ``HistorySkip`` is also a ``Skipper``, ``EndOfStep`` and ``Stateful``)."""
+
     name: str
-    fn: Callable[[RolloutGroup], bool]
+    fn: GroupFilter
     mode: str = "enforce"
 
 

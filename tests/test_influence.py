@@ -64,8 +64,9 @@ def group_of(tok, texts, rewards, prompt="1+1="):
 
 
 def fake_policy(model, tok, optimizer=None, temperature=1.0):
-    return SimpleNamespace(model=model, trainer=SimpleNamespace(optimizer=optimizer, processing_class=tok),
-                           args=SimpleNamespace(temperature=temperature, scale_rewards="group"))
+    """A ``GradientSource`` (engine.types): all of the policy the influence selector may read."""
+    return SimpleNamespace(model=model, optimizer=optimizer, tokenizer=tok, temperature=temperature,
+                           scale_rewards="group")
 
 
 def test_prefers_the_rollout_whose_gradient_agrees_with_a_labeled_target(tiny_model, tmp_path):
@@ -225,7 +226,7 @@ def run_filtered_updates(tiny_model, tiny_data, tmp_path, *, lora=True, precondi
                         "--loss_type", loss_type])
     torch.manual_seed(0)
     _, tasks, policy, _ = build(cfg)
-    tok = policy.trainer.processing_class
+    tok = policy.tokenizer
     # Two groups push "12" up and "7"/"305" down; a third, on the same prompt, pushes the other way: its
     # rows point against the batch's gradient. The fourth is unanimous (zero advantage).
     texts, q = ["12", "7", "12", "305"], tasks[0].question
@@ -321,7 +322,7 @@ def test_a_row_that_agrees_with_its_micro_batch_but_not_with_the_step_is_dropped
     sel = InfluenceSelector()
     sel.select_batch([], 1, None)
     sel.filter_gradients(parts, [torch.ones(2), torch.ones(2)], [torch.ones(2), torch.ones(2)],
-                         SimpleNamespace(model=layer))
+                         fake_policy(layer, None))
     assert sel.last_keep.tolist() == [False, False, True, True]
     assert sel.last_metrics["filters/influence/normaliser_scale"] == 2.0
     torch.testing.assert_close(layer.weight.grad, torch.tensor([[-3.0, 1.0]]))      # mean of c and d
@@ -332,7 +333,7 @@ def test_a_row_that_agrees_with_its_micro_batch_but_not_with_the_step_is_dropped
              linear_micro_batch(layer, [[-3.0, 1.0], [-3.0, 1.0]], [3.0, 1.0], 6)]
     sel.select_batch([], 1, None)
     sel.filter_gradients(parts, [torch.ones(2), torch.ones(2)], [torch.ones(2), torch.tensor([3.0, 1.0])],
-                         SimpleNamespace(model=layer))
+                         fake_policy(layer, None))
     assert sel.last_keep.tolist() == [False, False, True, True]
     torch.testing.assert_close(layer.weight.grad, torch.tensor([[-3.0, 1.0]]) * 4 / 4)  # (3+1)/6 * 6/4 of (-3, 1)
 

@@ -166,3 +166,115 @@ def test_every_sampler_matches_the_sampler_protocol():
             assert not extra, f"{cls.__name__}.{name} needs {extra}, which the Protocol does not pass"
             if name == "load_weights":
                 assert have.return_annotation in ("None", "dict[str, float]", "dict[str, float] | None"), cls
+
+
+def signature_drift(impl, protocol) -> list[str]:
+    """How ``impl`` (a registered function, or an instance of a registered class) differs from ``protocol``.
+
+    A method of the Protocol: the implementation takes its parameters first, in its order, of the same kind
+    and with the same defaults; whatever it takes besides is optional; its return annotation is the
+    Protocol's (unless that is ``Any``). A data member or property only has to be there (``hasattr``)."""
+    import inspect
+
+    drift = []
+    annotated = vars(protocol).get("__annotations__", {})
+    members = sorted({n for n in vars(protocol) if not n.startswith("_") or n == "__call__"} | set(annotated))
+    for name in members:
+        if name in annotated or isinstance(vars(protocol).get(name), property):
+            if not hasattr(impl, name):
+                drift.append(f"no {name}")
+            continue
+        target = impl if inspect.isfunction(impl) and name == "__call__" else getattr(impl, name, None)
+        if target is None:
+            drift.append(f"no {name}")
+            continue
+        want_sig, have_sig = inspect.signature(getattr(protocol, name)), inspect.signature(target)
+        want, have = list(want_sig.parameters.values())[1:], list(have_sig.parameters.values())  # less self
+        for i, p in enumerate(want):
+            q = have[i] if i < len(have) else None
+            if q is None or (q.name, q.kind, q.default) != (p.name, p.kind, p.default):
+                drift.append(f"{name}: parameter {i} is {q}, the Protocol's {p}")
+        drift += [f"{name}: needs {q}, which the Protocol does not pass" for q in have[len(want):]
+                  if q.default is q.empty and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+        want_ret, have_ret = (a if isinstance(a, str) else inspect.formatannotation(a)  # strings: postponed annotations
+                              for a in (want_sig.return_annotation, have_sig.return_annotation))
+        if want_ret != "Any" and have_ret != want_ret:
+            drift.append(f"{name}: returns {have_ret}, the Protocol {want_ret}")
+    return drift
+
+
+# What each registered stage can do beyond its call (engine.types); a stage not named here has none.
+CAPABILITIES = {
+    ("filters", "history_skip"): {"Skipper", "EndOfStep", "Stateful"},
+    ("selectors", "influence"): {"BatchSelector", "ReportsMetrics", "FiltersGradients", "GradientFilter"},
+}
+
+
+def registered_stages():
+    """``(kind, name, instance, the Protocol of its call)`` for every filter, selector, guard and snapshot
+    score in the registries (a registered class built with its defaults, as a spec without options builds it)."""
+    import inspect
+
+    from engine.types import GroupFilter, RolloutSelector
+    from filters import FILTERS, GUARD_SCORES, GUARDS, SELECTORS
+    from filters.guard import Guard, SnapshotScore
+
+    for kind, registry, shape in (("filters", FILTERS, GroupFilter), ("selectors", SELECTORS, RolloutSelector),
+                                  ("guards", GUARDS, Guard), ("guard scores", GUARD_SCORES, SnapshotScore)):
+        for name, impl in registry.items():
+            yield kind, name, impl() if inspect.isclass(impl) else impl, shape
+
+
+def test_every_registered_stage_matches_the_protocols_it_implements():
+    """Every registered filter, selector, guard and snapshot score matches the Protocol of its call, and the
+    capabilities of ``engine.types`` it has are the ones pinned in ``CAPABILITIES``, signatures
+    included: a renamed or re-signed method fails here instead of silently dropping what the loop does."""
+    from engine.types import STAGE_CAPABILITIES
+
+    seen = set()
+    for kind, name, impl, shape in registered_stages():
+        has = {cap for cap in STAGE_CAPABILITIES if isinstance(impl, cap)}
+        assert {cap.__name__ for cap in has} == CAPABILITIES.get((kind, name), set()), f"{kind} {name}"
+        for protocol in (shape, *has):
+            assert not signature_drift(impl, protocol), f"{kind} {name} vs {protocol.__name__}: " \
+                                                        f"{signature_drift(impl, protocol)}"
+        seen.add((kind, name))
+    assert set(CAPABILITIES) <= seen, f"CAPABILITIES names stages no registry has: {set(CAPABILITIES) - seen}"
+
+
+def test_a_drifted_stage_is_caught():
+    """The check above is not vacuous: a skipper whose parameter was renamed, whose option lost its default or
+    whose return changed is reported; one that lost a member is no ``Skipper`` at all."""
+    from engine.types import Skipper
+
+    class Drifted:
+        def skip(self, task, rng):
+            return False
+
+        def skip_probability(self, task_id: str, floor: float) -> dict:
+            return {}
+
+    class Half:
+        def skip(self, task_id, rng):
+            return False
+
+    drift = signature_drift(Drifted(), Skipper)
+    assert isinstance(Drifted(), Skipper) and len(drift) == 4, drift  # task, returns x2, floor needed
+    assert not isinstance(Half(), Skipper)
+
+
+def test_the_policy_is_a_gradient_source():
+    """``engine.update.GRPOPolicy`` has every member of ``GradientSource``, the only view of the policy a stage
+    in filters/ reads (no stage reaches into TRL's trainer: checked on the source)."""
+    import inspect
+
+    from engine.types import GradientSource
+    from engine.update import GRPOPolicy
+
+    for name in [n for n, v in vars(GradientSource).items() if isinstance(v, property)]:
+        assert isinstance(inspect.getattr_static(GRPOPolicy, name, None), property), f"GRPOPolicy.{name}"
+    reach = [f"{path.relative_to(ROOT)}:{n.lineno}" for name, path in all_modules().items() if name.startswith("filters")
+             for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(n, ast.Attribute) and n.attr == "trainer"
+             or isinstance(n, ast.Constant) and n.value == "trainer"]
+    assert not reach, f"filters/ reaching into the policy's trainer: {reach}"

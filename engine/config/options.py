@@ -28,6 +28,7 @@ from engine.data.yaml_file import read_mapping
 from engine.errors import ConfigError
 from engine.registry import spec_search_path
 from engine.config.trl_options import refused_changes
+from engine.types import FiltersGradients, GradientFilter
 
 
 def _f(default, help: str, **kw):
@@ -484,7 +485,7 @@ def validate(cfg: Config) -> None:
                            SELECTORS, "selectors")
     except SpecError as err:
         raise ConfigError(f"selector: {err}") from None
-    if g.gradient_checkpointing and hasattr(selector, "capture"):
+    if g.gradient_checkpointing and isinstance(selector, GradientFilter):
         raise ConfigError("gradient_checkpointing cannot be combined with the influence selector: its hooks record "
                           "each layer's input in the forward pass, which checkpointing re-runs during backward; "
                           "set --gradient_checkpointing false (or choose another selector)")
@@ -582,7 +583,7 @@ def check_adapter(model, selector) -> None:
         if changed:
             raise ConfigError(f"{', '.join(changed)} set, but adapter_type is {model.adapter_type}: LoRA's options do "
                               f"not apply to it; set its own fields in adapter_options")
-        if hasattr(selector, "capture"):
+        if isinstance(selector, GradientFilter):
             raise ConfigError(f"the influence selector takes per-row gradients on LoRA or full weights only; "
                               f"adapter_type {model.adapter_type} trains neither (use --adapter_type lora or --lora false)")
     peft_config(model.adapter_type, options, target_modules=model.lora_target_modules, lora_r=model.lora_r,
@@ -601,7 +602,7 @@ def check_distributed(cfg: Config, selector) -> None:
         return
     where = (f"with num_workers {ranks} (Ray Train)" if workers > 1
              else f"with {ranks} processes (torchrun / accelerate launch)")
-    if hasattr(selector, "grad_filter"):
+    if isinstance(selector, FiltersGradients):
         raise ConfigError(f"selector {cfg.ttrl.selector!r} is not supported {where}: the influence selector filters "
                           "per-row gradients before the optimizer step, and doing that before DDP's gradient "
                           "all-reduce is not built; run it in one process, or choose first_k / max_variance")

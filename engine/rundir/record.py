@@ -20,8 +20,9 @@ rank), but rank 0 alone writes: ``metrics.jsonl``, the trackers, checkpoints (in
 RNG states are gathered), ``summary.json`` and the report. Ctrl-C seen by any rank stops every rank
 after the same step (the flag is all-reduced at each commit).
 
-The policy, sampler, prompt stream and filter stages are taken as they come (duck-typed: ``state_dict``
-and ``load_state_dict``), so this module imports nothing above the run directory.
+The policy, sampler and prompt stream are taken as they come (duck-typed: ``state_dict`` and
+``load_state_dict``), and a filter stage's state is checkpointed where it is ``engine.types.Stateful``
+(GRESO's streaks), so this module imports nothing above the run directory.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 from engine import distributed
+from engine.types import Stateful
 from engine.rundir import checkpoint, report
 from engine.rundir.metrics import cumulative, rss_mb, summarize_telemetry, truncate_jsonl
 
@@ -75,7 +77,7 @@ class RunRecord:
         self.saves.update(state["saves"])
         self.stream.load_state_dict(state["stream"])
         for stage in self.filters:
-            if hasattr(stage.fn, "load_state_dict"):
+            if isinstance(stage.fn, Stateful):
                 stage.fn.load_state_dict(state["filters"][stage.name])
         for name, watcher in self.watchers.items():
             if name in state.get("watchers", {}):  # checkpoints of earlier versions have none: start afresh
@@ -156,7 +158,7 @@ class RunRecord:
         loop_state = {"before": self.before, "history": self.history, "step": self.step, "compute": self.compute,
                       "saves": self.saves, "stream": self.stream.state_dict(),
                       "elapsed_s": time.perf_counter() - self.start,
-                      "filters": {s.name: s.fn.state_dict() for s in self.filters if hasattr(s.fn, "state_dict")},
+                      "filters": {s.name: s.fn.state_dict() for s in self.filters if isinstance(s.fn, Stateful)},
                       "watchers": {name: watcher.state_dict() for name, watcher in self.watchers.items()}}
         cost = checkpoint.save(self.out_dir, policy=self.policy, rng=self.rng, loop_state=loop_state,
                                other_ranks=rngs[1:], policy_state=policy_state)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from engine.types import GradientSource
 from filters.influence.features import DenseFeatures, precondition, project
 from filters.influence.keep import keep_mask, pick
 from filters.influence.sequence import hooked_modules, sequence_gradients
@@ -45,33 +46,31 @@ def advantages(rewards: list[torch.Tensor], scale: bool) -> torch.Tensor:
     return torch.cat([(r - r.mean()) / ((r.std() if len(r) > 1 else 0) + 1e-4 if scale else 1.0) for r in rewards])
 
 
-def scores(groups, policy, s: Settings) -> tuple[torch.Tensor, bool]:
+def scores(groups, policy: GradientSource, s: Settings) -> tuple[torch.Tensor, bool]:
     """(N,) alignment of every rollout of ``groups`` (flattened in group order) with the target, and
     whether Adam preconditioning was applied (the optimizer has state)."""
-    model, trainer = policy.model, getattr(policy, "trainer", None)
-    args = getattr(policy, "args", None)
-    temperature = float(getattr(args, "temperature", 1.0) or 1.0)
-    tokenizer = getattr(trainer, "processing_class", None) or getattr(policy, "tokenizer", None)
+    model = policy.model
+    temperature = float(policy.temperature or 1.0)
     layers = hooked_modules(model, s.modules)
     rows = [(list(g.task.prompt_ids), list(r.token_ids)) for g in groups for r in g.rollouts]
     U = sequence_gradients(model, rows, layers, temperature=temperature, max_rows=s.max_rows)  # grad log-prob
     rewards = [torch.tensor(g.rewards, dtype=torch.float32) for g in groups]
     if s.loss == "pg":
-        adv = advantages(rewards, getattr(args, "scale_rewards", "group") not in ("none", False))
+        adv = advantages(rewards, policy.scale_rewards not in ("none", False))
     else:
         adv = torch.ones(len(rows))
     t = None
     if s.target == "agree":   # the rollouts with reward 1
         t = agree_target_logprob(U, torch.cat(rewards) > 0.5)
     elif s.target == "labeled":
-        rows = labeled_examples(s.labeled_path, s.labeled, tokenizer)
+        rows = labeled_examples(s.labeled_path, s.labeled, policy.tokenizer)
         t = [labeled_target(model, rows, layers, temperature=temperature, max_rows=s.max_rows)]
     F = U.mul_(-adv[:, None])                                            # (N, D) loss gradients g_i
     used_adam = False
     if s.precondition:
         sizes = [m.weight.numel() for _, m in layers]
         _, used_adam = precondition(list(F.split(sizes, dim=1)), [m.weight for _, m in layers],
-                                    getattr(trainer, "optimizer", None), inplace=True)   # F's views
+                                    policy.optimizer, inplace=True)   # F's views
         if used_adam:
             F[adv == 0] = 0                                              # no update term, no influence
     blocks = [F]
@@ -80,7 +79,8 @@ def scores(groups, policy, s: Settings) -> tuple[torch.Tensor, bool]:
     return cosines(DenseFeatures(blocks), s.target, t), used_adam
 
 
-def select(groups, k: int, policy, s: Settings) -> tuple[list[list[int]], list[list[float]], dict[str, float]]:
+def select(groups, k: int, policy: GradientSource,
+           s: Settings) -> tuple[list[list[int]], list[list[float]], dict[str, float]]:
     """Exactly k indices per group (``keep.pick``), each group's alignments, and the metrics (unprefixed;
     ``time_s`` is the caller's)."""
     a, used_adam = scores(groups, policy, s)

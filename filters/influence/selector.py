@@ -1,18 +1,21 @@
 """The ``influence`` selector: the spec's options, checked once, composed into one of the two stages.
 
-It is what ``filters.SELECTORS["influence"]`` builds. ``engine.loop`` calls ``select_batch`` (the whole
-batch and the policy, not one group at a time); ``engine.update`` hands each optimizer step's recorded rows (all its
-micro-batches together) to ``grad_filter`` (``capture`` / ``filter_gradients`` / ``last_metrics``) in the
-update stage. Metrics:
-``last_metrics`` (``filters/influence/...``), merged into the step's row.
+It is what ``filters.SELECTORS["influence"]`` builds, and it has four of the stage capabilities of
+``engine.types``: a ``BatchSelector`` (``engine.loop`` calls ``select_batch`` with the whole batch and the policy,
+not one group at a time), ``ReportsMetrics`` (``last_metrics``, ``filters/influence/...``, merged into the
+step's row), ``FiltersGradients`` (``grad_filter``: itself in the update stage, None in the rollouts stage)
+and ``GradientFilter`` (``engine.update`` hands each optimizer step's recorded rows, all its micro-batches
+together, to ``capture`` / ``filter_gradients``). Of the policy it reads only the ``GradientSource`` view.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
+from engine.types import GradientSource, RolloutGroup
 from filters.influence.keep import FILLS, KEEP_RULES
 from filters.influence.per_row import LinearGradients
 from filters.influence.rollouts_stage import select
@@ -73,12 +76,12 @@ class InfluenceSelector:
         self.last_keep: torch.Tensor | None = None     # update stage: the last optimizer step's kept rows
         self._totals: dict[str, float] = {}
 
-    def __call__(self, group, k: int) -> list[int]:
+    def __call__(self, group: RolloutGroup, k: int) -> list[int]:
         raise TypeError("the influence selector needs the policy's model and optimizer: it runs through "
                         "select_batch(groups, k, policy) (engine.loop.select_rollouts), not per group")
 
     @property
-    def grad_filter(self):
+    def grad_filter(self) -> InfluenceSelector | None:
         """What the update hands its per-row gradients to (``GRPOPolicy.update``): self in the update stage."""
         return self if self.stage == "update" else None
 
@@ -86,8 +89,8 @@ class InfluenceSelector:
         """Update stage: hooks recording every trainable Linear's per-row gradients (``update_stage.capture``)."""
         return capture(model)
 
-    def filter_gradients(self, recorded: list[LinearGradients], advantages: list[torch.Tensor],
-                         weights: list[torch.Tensor], policy) -> None:
+    def filter_gradients(self, recorded: Sequence[LinearGradients], advantages: Sequence[torch.Tensor],
+                         weights: Sequence[torch.Tensor], policy: GradientSource) -> None:
         """Update stage, after an optimizer step's last backward: ``recorded``, ``advantages`` and ``weights``
         (each row's share of TRL's loss normaliser) hold one entry per micro-batch of the step. Score the
         step's rows against the step's gradient, take the dropped ones out and rescale the rest
@@ -97,7 +100,7 @@ class InfluenceSelector:
         self.last_alignment, self.last_keep = [a.tolist()], keep
         self.last_metrics = {PREFIX + key: value for key, value in metrics.items()}
 
-    def select_batch(self, groups, k: int, policy) -> list[list[int]]:
+    def select_batch(self, groups: list[RolloutGroup], k: int, policy: GradientSource) -> list[list[int]]:
         """Exactly k indices per group: the pool's (update stage; the update then filters), or the k
         best-aligned distinct ones (or survivors repeated, under ``fill="repeat"``)."""
         start = time.perf_counter()

@@ -37,6 +37,7 @@ from typing import Protocol
 
 import torch
 
+from engine.types import GradientSource
 from filters.influence.features import DenseFeatures, precondition, project
 from filters.influence.keep import keep_mask
 from filters.influence.per_row import LinearGradients
@@ -69,29 +70,29 @@ def capture(model) -> LinearGradients:
     return LinearGradients(hooked_modules(model, None))
 
 
-def alignments(cap: StepGradients, adv: torch.Tensor, policy, s: Settings) -> tuple[torch.Tensor, bool]:
+def alignments(cap: StepGradients, adv: torch.Tensor, policy: GradientSource, s: Settings) -> tuple[torch.Tensor, bool]:
     """(B,) each recorded row's alignment with the target over the deciding layers (``s.modules``), and
-    whether Adam preconditioning was applied (the optimizer has state)."""
+    whether Adam preconditioning was applied (the optimizer has state). Reads of ``policy`` only what the
+    options need: the optimizer to precondition; the model, temperature and tokenizer for a labeled target."""
     layers = cap.layers
     js = [j for j in cap.recorded if s.modules is None or any(m in layers[j][0] for m in s.modules)]
     if not js:
         raise ValueError(f"influence selector: no trainable Linear layer matches modules={s.modules!r}")
-    trainer = getattr(policy, "trainer", None)
     used_adam = False
     feats = cap.features(js)
     if s.precondition or s.project_dim:      # elementwise or dense maps: materialise the rows
         blocks = [(cap.row_gradient(j).clone() if j in cap.dense else cap.row_gradient(j)).flatten(1) for j in js]
         if s.precondition:
             blocks, used_adam = precondition(blocks, [layers[j][1].weight for j in js],
-                                             getattr(trainer, "optimizer", None), inplace=True)
+                                             policy.optimizer, inplace=True)
         feats = DenseFeatures(blocks)
     t = sq = None
     if s.target == "agree":    # the loss gradients of the rows that agree with the pseudo-label
         t, sq = agree_target(feats, adv > 0)                                 # sq computed once, reused below
     elif s.target == "labeled":
         deciding = [layers[j] for j in js]
-        temperature = float(getattr(getattr(policy, "args", None), "temperature", 1.0) or 1.0)
-        rows = labeled_examples(s.labeled_path, s.labeled, getattr(trainer, "processing_class", None))
+        temperature = float(policy.temperature or 1.0)
+        rows = labeled_examples(s.labeled_path, s.labeled, policy.tokenizer)
         flat = labeled_target(policy.model, rows, deciding, temperature=temperature, max_rows=s.max_rows)
         t = [tj.view_as(m.weight) for tj, (_, m) in zip(flat.split([m.weight.numel() for _, m in deciding]), deciding)]
     if s.project_dim:
@@ -102,8 +103,8 @@ def alignments(cap: StepGradients, adv: torch.Tensor, policy, s: Settings) -> tu
     return cosines(feats, s.target, t, sq), used_adam
 
 
-def filter_rows(cap: StepGradients, advantages: torch.Tensor, weights: torch.Tensor, policy, s: Settings,
-                totals: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def filter_rows(cap: StepGradients, advantages: torch.Tensor, weights: torch.Tensor, policy: GradientSource,
+                s: Settings, totals: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """After an optimizer step's last backward: score its rows against the step's gradient, take the dropped
     rows out of ``.grad`` and rescale the rest to the kept rows' normaliser (module docstring).
 
