@@ -10,12 +10,13 @@ On CUDA a Triton kernel folds each tile in place, and only the scored positions 
 Why the engine has a path of its own. Where Triton does not run (CPU), TRL's torch fallback scores every
 position (the prompt's too), and each [min(positions, 4096), 32768] float32 tile goes through about seven
 temporaries of its size in the forward and again in the backward. At SmolLM2-135M's shape (3,296 positions,
-hidden 576, 49,152 rows; forward + backward of the head alone, one thread) it peaked at 3.5 GB and took 33 s,
-where whole logits through ``log_softmax`` took 1.9 GB and 16 s — so on CPU TRL's fused head costs more than
-the logits it avoids. The path here: the same backbone call, then only the scored positions' hidden states
+hidden 576, 49,152 rows; the head alone, forward + backward, the entropy without a gradient as GRPO asks it;
+one thread of a shared 2-core machine, so the times are loose) TRL's head grew the peak by 3.6 GB in 29-50 s,
+whole logits through ``log_softmax`` by 2.4 GB in 15-22 s — on CPU TRL's fused head costs more than the logits
+it avoids. The path here: the same backbone call, then only the scored positions' hidden states
 (label != -100), and per chunk of ``chunk_tokens`` positions ``lm_head(h) / temperature -> log_softmax ->
 the chosen token's log-prob`` (and the entropy), inside ``torch.utils.checkpoint`` (non-reentrant), so the
-backward recomputes the chunk's logits instead of keeping them: 0.45 GB and 18 s at 512 positions a chunk.
+backward recomputes the chunk's logits instead of keeping them: 0.4 GB in 21 s at 512 positions a chunk.
 
 The seam. TRL's own ``_get_per_token_logps_and_entropies`` still builds the rows, labels and autocast and
 calls the whole model (DDP's forward, then PEFT's, with the adapter disabled for the LoRA reference); only
@@ -75,11 +76,14 @@ def unsupported(causal_lm) -> str | None:
     return None
 
 
-def install(causal_lm, *, setting: int, temperature: float, entropy: bool, cast_lm_head_to_fp32: bool) -> None:
+def install(causal_lm, *, setting: int, temperature: float, entropy: bool, entropy_grad: bool,
+            cast_lm_head_to_fp32: bool) -> None:
     """Wrap TRL's fused-head ``forward`` on ``causal_lm`` (the instance TRL patched: the PEFT model's base,
     or the reference model) so that ``fused_lm_head=True`` takes the chunked path where
     ``chunk_tokens_for(setting, device)`` > 0. ``entropy``: also the per-token entropy (TRL asks it of the
-    policy, for its metric, ``top_entropy_quantile`` and an entropy bonus; not of the reference)."""
+    policy, for its metric, ``top_entropy_quantile`` and an entropy bonus; not of the reference);
+    ``entropy_grad``: with its gradient (only TRL's entropy bonus needs one: ``entropy_coef`` != 0 or
+    ``use_adaptive_entropy``)."""
     trl_forward = causal_lm.forward  # TRL's patched forward, a bound method on this instance
 
     @functools.wraps(type(causal_lm).forward)  # generate() checks its kwargs against this signature
@@ -94,7 +98,7 @@ def install(causal_lm, *, setting: int, temperature: float, entropy: bool, cast_
         targets = labels[:, 1:]                                                # (B, T-1): the next tokens
         mask = targets != -100
         per_token = chosen_logps(self.get_output_embeddings(), hidden[mask], targets[mask], temperature,
-                                 chunk, entropy, cast_lm_head_to_fp32)
+                                 chunk, entropy, cast_lm_head_to_fp32, entropy_grad)
         log_probs, ent = (None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token)
         from trl.trainer.utils import FusedCausalLMOutput
 
@@ -105,19 +109,21 @@ def install(causal_lm, *, setting: int, temperature: float, entropy: bool, cast_
 
 
 def chosen_logps(head, hidden, targets, temperature: float, chunk_tokens: int, entropy: bool = False,
-                 fp32_head: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 fp32_head: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(M,) log-probs of ``targets`` under ``softmax(head(hidden) / temperature)``, and the (M,) entropies
-    when ``entropy``, from ``hidden`` (M, H) in chunks of ``chunk_tokens`` rows; the (chunk, V) logits of a
-    chunk live only inside its checkpoint. An empty ``hidden`` still gives outputs connected to it, so a
+    when ``entropy`` (without a gradient unless ``entropy_grad``), from ``hidden`` (M, H) in chunks of
+    ``chunk_tokens`` rows; the (chunk, V) logits of a chunk live only inside its checkpoint. An entropy with a
+    gradient nobody asks for would cost memory: the backward recomputes a chunk whole, and what the entropy's
+    branch saved (two (chunk, V) tensors) is freed only when that branch is back-propagated, or the graph is. An empty ``hidden`` still gives outputs connected to it, so a
     micro-batch with nothing to score back-propagates a zero (as TRL's branch does)."""
     starts = range(0, hidden.shape[0], chunk_tokens) or [0]
     parts = [checkpoint(_chunk, head, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], temperature,
-                        entropy, fp32_head, use_reentrant=False) for s in starts]
+                        entropy, entropy_grad, fp32_head, use_reentrant=False) for s in starts]
     logps = torch.cat([p[0] for p in parts])
     return logps, torch.cat([p[1] for p in parts]) if entropy else None
 
 
-def _chunk(head, h, y, temperature, entropy, fp32_head):
+def _chunk(head, h, y, temperature, entropy, entropy_grad, fp32_head):
     # As TRL's kernel: the head in the autocast dtype (or float32 with cast_lm_head_to_fp32, outside autocast),
     # then float32 logits divided by the temperature before the softmax (GRPOConfig.temperature). Autocast's
     # weight cache is off inside a chunk: a cached bf16 copy of the head would collect every chunk's gradient
@@ -135,4 +141,5 @@ def _chunk(head, h, y, temperature, entropy, fp32_head):
     chosen = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)                     # (c,)
     if not entropy:
         return chosen, None
-    return chosen, -(logp.exp() * logp).sum(-1)                               # (c,)
+    with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+        return chosen, -(logp.exp() * logp).sum(-1)                           # (c,)

@@ -174,10 +174,11 @@ class GRPOPolicy:
                 raise ConfigError(f"logps_chunk_tokens {setting}: the chunked log-prob path does not support {why}; "
                                   f"set --logps_chunk_tokens 0 (TRL's fused head) or -1 (auto)")
             return
+        bonus = self.args.entropy_coef != 0 or self.args.use_adaptive_entropy  # the only entropy with a gradient
         for model, entropy in ((policy, True), (trainer.ref_model, False)):  # TRL asks entropies of the policy only
             if model is not None:
                 chunked_logps.install(model, setting=setting, temperature=trainer.temperature, entropy=entropy,
-                                      cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
+                                      entropy_grad=entropy and bonus, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
 
     def _prepare_like_train(self, compute_dtype: torch.dtype, lora) -> None:
         """What ``Trainer.train()`` sets up before its loop (module docstring), for the engine's own loop."""

@@ -107,35 +107,45 @@ def test_chunked_path_matches_trls_fused_head(tiny_model, tmp_path, lora, accum,
         assert error <= tol, f"{name}: the step differs from TRL's by {error:.2e} of its norm"
 
 
-def test_no_tensor_holds_a_micro_batchs_logits_at_a_real_vocabulary():
-    """At Qwen2.5's 151,936 rows (hidden 16), forward + backward of 4 rows x 48 positions in chunks of 32:
-    no tensor the ops create has more than one chunk's 32 x 151,936 logits, a sixth of the whole
-    (4 x 48 x 151,936 a copy, which TRL's CPU fallback would fold in [192, 32768] tiles instead)."""
+def test_a_micro_batchs_logits_are_never_held_whole_at_a_real_vocabulary():
+    """At Qwen2.5's 151,936 rows (hidden 16), forward + backward of 4 rows x 96 positions in chunks of 32
+    (the entropy for the metric, without a gradient, as TRL's GRPO asks it): no tensor the ops create is
+    larger than one chunk's logits, and vocabulary-wide tensors alive at once never add up to half the
+    whole logits (12 chunks' worth a copy; each chunk's recomputed logits must be freed after its backward)."""
+    import weakref
+
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    vocab, rows_, positions, chunk = 151936, 4, 48, 32
+    vocab, positions, chunk = 151936, 4 * 96, 32
     torch.manual_seed(0)
     head = torch.nn.Linear(16, vocab, bias=False)
-    hidden = torch.randn(rows_ * positions, 16, requires_grad=True)
-    targets = torch.randint(0, vocab, (rows_ * positions,))
+    hidden = torch.randn(positions, 16, requires_grad=True)
+    targets = torch.randint(0, vocab, (positions,))
 
-    class Largest(TorchDispatchMode):
-        numel = 0
+    class VocabularyWide(TorchDispatchMode):
+        largest = live = peak = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
-                    Largest.numel = max(Largest.numel, t.numel())
+                if isinstance(t, torch.Tensor) and t.numel() >= vocab and t._base is None:  # storage owners
+                    cls = VocabularyWide
+                    cls.largest = max(cls.largest, t.numel())
+                    cls.live += t.numel()
+                    cls.peak = max(cls.peak, cls.live)
+                    weakref.finalize(t, lambda n=t.numel(): setattr(cls, "live", cls.live - n))
             return out
 
-    with Largest():
-        logps, ent = chosen_logps(head, hidden, targets, 0.7, chunk, entropy=True)
-        (logps.sum() + ent.sum()).backward()
-    assert Largest.numel == chunk * vocab < rows_ * positions * vocab
-    want = torch.log_softmax(head(hidden).float() / 0.7, -1).gather(-1, targets[:, None])[:, 0]
-    torch.testing.assert_close(logps, want.detach(), rtol=1e-5, atol=1e-5)
+    with VocabularyWide():
+        logps, ent = chosen_logps(head, hidden, targets, 0.7, chunk, entropy=True, entropy_grad=False)
+        logps.sum().backward()
+    whole = positions * vocab
+    assert VocabularyWide.largest == chunk * vocab
+    assert VocabularyWide.peak < whole / 2, f"{VocabularyWide.peak / (chunk * vocab):.1f} chunks' logits alive at once"
+    want = torch.log_softmax(head(hidden).float() / 0.7, -1)
+    torch.testing.assert_close(logps, want.gather(-1, targets[:, None])[:, 0].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent, -(want.exp() * want).sum(-1).detach(), rtol=1e-4, atol=1e-4)
     assert head.weight.grad is not None and hidden.grad.abs().sum() > 0
 
 
