@@ -14,6 +14,10 @@ replaces TRL's own generation, and extra fields reach the reward functions. So o
               ──► we step TRL's optimizer and scheduler (the ``Trainer.train`` loop would own the
                   outer loop; ``engine.loop`` must, so we drive ``training_step`` ourselves).
 
+Per-token log-probs (policy and reference) come from TRL's fused LM head, which never holds a micro-batch's
+whole logits; where it has no Triton kernel (CPU) its torch fallback costs more than the logits it avoids, so
+``engine.chunked_logps`` takes that branch there (``--logps_chunk_tokens``; TRL's own loss is unchanged).
+
 Rows reach TRL in group order, ``n_train`` rows per group, which is what its ``num_generations``
 grouping of advantages assumes.
 
@@ -52,7 +56,8 @@ from pathlib import Path
 
 import torch
 
-from engine import distributed
+from engine import chunked_logps, distributed
+from engine.errors import ConfigError
 from engine.types import GradientFilter, RolloutGroup
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -111,11 +116,13 @@ class GRPOPolicy:
     coefficient, ``loss_type``, ``scale_rewards``, ``max_grad_norm``, ``num_iterations``,
     ``gradient_accumulation_steps`` …) is the user's to set. ``lora`` is a ``peft.PeftConfig``
     (``engine.adapters``: LoRA, TinyLoRA, ShiRA, OSF) or None for full fine-tuning (then TRL loads a
-    second copy of the model from ``model_path`` as reference).
+    second copy of the model from ``model_path`` as reference). ``logps_chunk_tokens``: how the policy's
+    and the reference's per-token log-probs are computed (``engine.chunked_logps``): positions per chunk,
+    0 for TRL's own fused head, -1 (auto) for 512 where TRL's head has no Triton kernel (CPU), TRL's on CUDA.
     """
 
     def __init__(self, model_path: str, tokenizer, grpo_args, lora=None, total_steps: int = 1,
-                 sampler_is_separate_engine: bool = False):
+                 sampler_is_separate_engine: bool = False, logps_chunk_tokens: int = chunked_logps.AUTO):
         from datasets import Dataset
         from trl import GRPOTrainer
 
@@ -145,12 +152,33 @@ class GRPOPolicy:
             self.trainer.vllm_generation = _LoopSyncsWeights()
             self.trainer._last_loaded_step = -1
         self.total_steps = max(1, total_steps)
+        self._chunk_logps(logps_chunk_tokens)
         self._prepare_like_train(DTYPES[compute], lora)
         self.trainer.current_gradient_accumulation_steps = grpo_args.gradient_accumulation_steps
         self.trainer.model.train()
         self.trackers = self._tracker_callbacks()
         for tracker in self.trackers:
             tracker.on_train_begin(self.args, self.trainer.state, self.trainer.control, model=self.trainer.model)
+
+    def _chunk_logps(self, setting: int) -> None:
+        """Put ``engine.chunked_logps`` under TRL's fused head on the policy and the reference (under LoRA
+        the reference is the same module, adapter off); refused where it cannot stand in for TRL's head and
+        was asked for by number, left to TRL's head there under auto."""
+        trainer = self.trainer
+        if setting == 0:
+            return
+        policy = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        why = "FSDP shards the output layer (TRL's fused head gathers it)" if self.sharded else chunked_logps.unsupported(policy)
+        if why:
+            if setting > 0:
+                raise ConfigError(f"logps_chunk_tokens {setting}: the chunked log-prob path does not support {why}; "
+                                  f"set --logps_chunk_tokens 0 (TRL's fused head) or -1 (auto)")
+            return
+        bonus = self.args.entropy_coef != 0 or self.args.use_adaptive_entropy  # the only entropy with a gradient
+        for model, entropy in ((policy, True), (trainer.ref_model, False)):  # TRL asks entropies of the policy only
+            if model is not None:
+                chunked_logps.install(model, setting=setting, temperature=trainer.temperature, entropy=entropy,
+                                      entropy_grad=entropy and bonus, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
 
     def _prepare_like_train(self, compute_dtype: torch.dtype, lora) -> None:
         """What ``Trainer.train()`` sets up before its loop (module docstring), for the engine's own loop."""

@@ -99,7 +99,7 @@ def build(cfg: Config):
     total = optimizer_steps_for(cfg.ttrl.episodes, len(tasks), cfg.ttrl.prompts_per_step, g.gradient_accumulation_steps,
                                 g.num_iterations, g.max_steps, cfg.ttrl.n_train, ranks=distributed.world_size())
     policy = GRPOPolicy(model_path, tokenizer, g, lora=lora, total_steps=total,
-                        sampler_is_separate_engine=cfg.ttrl.sampler == "vllm")
+                        sampler_is_separate_engine=cfg.ttrl.sampler == "vllm", logps_chunk_tokens=m.logps_chunk_tokens)
     if cfg.ttrl.rollout_workers > 1:  # samplers as Ray actors, prompts sharded across them
         from engine.samplers.ray_pool import make_ray_pool
 

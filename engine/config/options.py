@@ -47,6 +47,7 @@ class ModelArgs:
     lora_target_modules: str = _f("all-linear", "Modules that get adapters (any adapter_type): 'all-linear' or a comma-separated list of names.")
     adapter: str | None = _f(None, "ttrl eval: a saved PEFT adapter (a run's adapter/ folder: LoRA, TinyLoRA, ShiRA, OSF) to load on top of the model.")
     dtype: str = _f("auto", "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU; or what --bf16/--fp16 say), float32, bfloat16 or float16. bfloat16/float16 are mixed precision as TRL's Trainer does it: trainable weights (LoRA or full) are float32 masters, optimised and saved in float32, forward and backward run under autocast (fp16 with loss scaling, CUDA only); frozen weights (the LoRA base, the KL reference) are held in the compute dtype. CPU bfloat16 autocast works too.", choices=["auto", "float32", "bfloat16", "float16"])
+    logps_chunk_tokens: int = _f(-1, "How the update computes per-token log-probs (policy and KL reference) without a micro-batch's whole (rows x positions x vocabulary) logits (engine.chunked_logps): N > 0 positions a chunk, each chunk's logits recomputed in the backward (torch.utils.checkpoint); 0: TRL's own fused head (its Triton kernel on CUDA; on CPU its torch fallback, which costs more memory and time than whole logits); -1 (auto): 512 where TRL's head has no Triton kernel (CPU), TRL's head on CUDA. Under FSDP, and for models that soft-cap or scale their logits, only TRL's head applies (N > 0 is refused there).")
 
 
 @dataclass
@@ -450,6 +451,7 @@ def validate(cfg: Config) -> None:
         ("learning_rate", g.learning_rate > 0, f"must be > 0, got {g.learning_rate}"),
         ("max_completion_length", g.max_completion_length >= 1, f"must be >= 1, got {g.max_completion_length}"),
         ("lora_r", cfg.model.lora_r >= 1, f"must be >= 1, got {cfg.model.lora_r}"),
+        ("logps_chunk_tokens", cfg.model.logps_chunk_tokens >= -1, f"must be >= -1, got {cfg.model.logps_chunk_tokens}"),
         ("drift_prompts", cfg.eval.drift_prompts >= 0, f"must be >= 0, got {cfg.eval.drift_prompts}"),
         ("eval_every", cfg.eval.eval_every >= 0, f"must be >= 0, got {cfg.eval.eval_every}"),
         ("save_every", cfg.ttrl.save_every >= 0, f"must be >= 0, got {cfg.ttrl.save_every}"),
