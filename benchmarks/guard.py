@@ -30,8 +30,8 @@ Configurations, and where each figure comes from:
 Per run: the curve of periodic evaluations (the base is step 0), the best checkpoint in hindsight (the best
 evaluated step of the run's own curve; for the replays and the anchor guard, the plain run's), whether the guard
 stopped and the step it ended on, and the two label-free signals of the plain runs: the burst (the highest 4-step
-mean flip rate) and the collapse (the lowest later 4-step mean as a share of that peak, and the first step at which
-``flip_collapse``'s condition held). Targets (issue 26): on the held-out failure, a guard's result within 1 point
+mean flip rate) and the collapse after it (``signals_of``: how far and how soon the flip rate falls after the
+peak, the locked-in share then, and where ``flip_collapse`` stops). Targets (issue 26): on the held-out failure, a guard's result within 1 point
 of the best in hindsight on >= 4 of 5 seeds; at most 1 stop in 10 clean runs.
 
 Writes benchmarks/results/guard.{json,md}. Usage: ``python -m benchmarks.guard [--jobs 2] [--work-dir DIR]``.
@@ -105,21 +105,29 @@ def replay(policy, rows: list[dict]) -> dict:
     return {"stopped": False, "stop_step": None, "chosen_step": None, "reason": ""}
 
 
+FALL = 0.35  # flip_collapse's default: a 4-step mean at or below this share of the peak counts as fallen
+
+
 def signals_of(rows: list[dict]) -> dict:
-    """The burst (highest 4-step mean flip rate, and the step ending it) and the collapse after it (the lowest
-    later 4-step mean as a share of the peak; the first step ``flip_collapse``'s condition held)."""
-    flips = [(int(r["step"]), r["vote/flip_rate"]) for r in rows if not math.isnan(r.get("vote/flip_rate", math.nan))]
-    means = [(flips[j + WINDOW - 1][0], statistics.mean(f for _, f in flips[j:j + WINDOW]))
+    """The burst: the highest 4-step mean flip rate (and the step ending it). The collapse after it: the mean
+    flip rate over the 8 revisiting steps after the peak window as a share of the peak, the first step whose
+    4-step mean fell to ``FALL`` x the peak, the locked-in share there, and the first step ``flip_collapse``
+    stopped at (its lock-in condition too)."""
+    flips = [(int(r["step"]), r["vote/flip_rate"], r.get("vote/locked_in", 0.0)) for r in rows
+             if not math.isnan(r.get("vote/flip_rate", math.nan))]
+    means = [(flips[j + WINDOW - 1][0], statistics.mean(f for _, f, _ in flips[j:j + WINDOW]), flips[j + WINDOW - 1][2])
              for j in range(len(flips) - WINDOW + 1)]
     if not means:
-        return {"burst": None, "burst_step": None, "collapse_ratio": None, "collapse_step": None, "locked_in_last": None}
+        return {"burst": None, "burst_step": None, "after_burst_ratio": None, "fall_step": None,
+                "locked_in_at_fall": None, "collapse_step": None, "locked_in_last": None}
     peak_at = max(range(len(means)), key=lambda j: means[j][1])
-    later = [m for _, m in means[peak_at + 1:]]
     peak = means[peak_at][1]
+    after = [f for _, f, _ in flips[peak_at + WINDOW:peak_at + WINDOW + 8]]
+    fallen = [(step, locked) for step, m, locked in means[peak_at + 1:] if m <= FALL * peak]
     return {"burst": peak, "burst_step": means[peak_at][0],
-            "collapse_ratio": min(later) / peak if later and peak > 0 else None,
-            "collapse_step": replay(flip_collapse, rows)["stop_step"],
-            "locked_in_last": rows[-1].get("vote/locked_in")}
+            "after_burst_ratio": statistics.mean(after) / peak if after and peak > 0 else None,
+            "fall_step": fallen[0][0] if fallen else None, "locked_in_at_fall": fallen[0][1] if fallen else None,
+            "collapse_step": replay(flip_collapse, rows)["stop_step"], "locked_in_last": rows[-1].get("vote/locked_in")}
 
 
 def result_at(points: list[dict], step: int | None) -> dict:
@@ -182,18 +190,33 @@ def summarize(runs: list[dict]) -> dict:
         sig = [plain[s]["signals"] for s in sorted(plain)]
         table[setting] = {"configs": rows, "signals": {
             "burst": [x["burst"] for x in sig], "burst_step": [x["burst_step"] for x in sig],
-            "collapse_ratio": [x["collapse_ratio"] for x in sig], "collapse_step": [x["collapse_step"] for x in sig],
+            "after_burst_ratio": [x["after_burst_ratio"] for x in sig], "fall_step": [x["fall_step"] for x in sig],
+            "locked_in_at_fall": [x["locked_in_at_fall"] for x in sig], "collapse_step": [x["collapse_step"] for x in sig],
             "locked_in_last": [x["locked_in_last"] for x in sig],
             "greedy_fell_while_avg16_rose": [greedy_fell(plain[s]["curve"]) for s in sorted(plain)]}}
     return table
 
 
+def targets(table: dict) -> dict:
+    """Per guard configuration: the held-out failure's within-1-point count and the clean runs' stops."""
+    out = {}
+    for config in CONFIGS[1:]:
+        held = table.get("overwrite", {}).get("configs", {}).get(config)
+        clean = table.get("clean", {}).get("configs", {}).get(config)
+        out[config] = {"held_out_within_1_point": held["within_1_point_of_best"] if held else None,
+                       "held_out_runs": len(held["seeds"]) if held else None,
+                       "clean_stops": clean["stopped"] if clean else None,
+                       "clean_runs": len(clean["seeds"]) if clean else None,
+                       "met": bool(held and clean and 5 * held["within_1_point_of_best"] >= 4 * len(held["seeds"])
+                                   and 10 * clean["stopped"] <= len(clean["seeds"]))}
+    return out
+
+
 def greedy_fell(points: list[dict]) -> bool:
-    """Whether, between the step of the best greedy and the last step, greedy fell by more than 1 point while
-    avg@16 rose by more than 1 point."""
-    peak = max(points, key=lambda p: p["greedy"])
-    last = points[-1]
-    return peak["greedy"] - last["greedy"] > 0.01 and last["avg16"] - peak["avg16"] > 0.01
+    """Whether the run ended with greedy more than 1 point below the base while avg@16 ended more than 1 point
+    above it (the failure a guard reading avg@16-like signals would miss)."""
+    base, last = points[0], points[-1]
+    return base["greedy"] - last["greedy"] > 0.01 and last["avg16"] - base["avg16"] > 0.01
 
 
 def fmt(x, spec=".2f") -> str:
@@ -218,16 +241,24 @@ def markdown(table: dict) -> str:
                          f"{row['within_1_point_of_best']}/{n} | {row['stopped']}/{n} | "
                          f"{', '.join(map(str, row['chosen_steps']))} | "
                          + ("—" if config == "plain" else ", ".join(f"{d:+.1f}" for d in row["minus_plain_points"])) + " |")
+    lines += ["", "Targets (issue 26), per guard: on the held-out failure (overwrite) within 1 point of the best in "
+              "hindsight on >= 4 of 5 seeds; at most 1 stop in the 10 clean runs.", "",
+              "| guard | overwrite: within 1 pt | clean: stops | both met |", "|---|---:|---:|---|"]
+    for config, t in targets(table).items():
+        lines.append(f"| {config} | {fmt(t['held_out_within_1_point'], 'd')}/{fmt(t['held_out_runs'], 'd')} | "
+                     f"{fmt(t['clean_stops'], 'd')}/{fmt(t['clean_runs'], 'd')} | {'yes' if t['met'] else 'no'} |")
     lines += ["", "Label-free signals of the plain runs, per seed: burst = highest 4-step mean flip rate (the step "
-              "ending it); collapse = lowest later 4-step mean / that peak, and the first step flip_collapse's "
-              "condition held; locked-in share at the last step; whether greedy fell (> 1 pt from its best) while "
-              "avg@16 rose (> 1 pt over the same steps).", "",
-              "| setting | burst (step) | collapse ratio | collapse step | locked-in at end | greedy fell, avg@16 rose |",
-              "|---|---|---|---|---|---|"]
+              "ending it); after/burst = mean flip rate over the 8 revisiting steps after the peak window / the peak; fall "
+              "step = first step whose 4-step mean is <= 0.35 x the peak (the locked-in share there); collapse step = "
+              "where flip_collapse stops (the fall, and >= 3% locked in, after a peak >= 0.1); locked-in share at the "
+              "last step; runs whose greedy ended > 1 pt below the base while avg@16 ended > 1 pt above it.", "",
+              "| setting | burst (step) | after/burst | fall step (locked-in) | collapse step | locked-in at end | "
+              "greedy fell, avg@16 rose |", "|---|---|---|---|---|---|---|"]
     for setting, s in table.items():
         g = s["signals"]
         lines.append(f"| {setting} | " + ", ".join(f"{fmt(b)} ({st})" for b, st in zip(g["burst"], g["burst_step"]))
-                     + " | " + ", ".join(fmt(c) for c in g["collapse_ratio"])
+                     + " | " + ", ".join(fmt(c) for c in g["after_burst_ratio"])
+                     + " | " + ", ".join("—" if f is None else f"{f} ({fmt(x)})" for f, x in zip(g["fall_step"], g["locked_in_at_fall"]))
                      + " | " + ", ".join("—" if c is None else str(c) for c in g["collapse_step"])
                      + " | " + ", ".join(fmt(x) for x in g["locked_in_last"])
                      + f" | {sum(g['greedy_fell_while_avg16_rose'])}/{len(g['greedy_fell_while_avg16_rose'])} |")
@@ -263,7 +294,7 @@ def main(argv=None) -> None:
     result = {"provenance": provenance.finish(record), "settings": {k: SETTINGS[k] for k in args.settings},
               "seeds": {k: SEEDS[k] for k in args.settings}, "runs_configs": RUNS, "replayed": REPLAYED,
               "eval_every": EVAL_EVERY, "anchors": [json.loads(line) for line in anchors.read_text().splitlines()],
-              "summary": table, "not_run": not_run, "runs": runs}
+              "summary": table, "targets": targets(table), "not_run": not_run, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "guard.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(table)
