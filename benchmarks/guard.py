@@ -293,7 +293,8 @@ def main(argv=None) -> None:
     table = summarize(runs)
     result = {"provenance": provenance.finish(record), "settings": {k: SETTINGS[k] for k in args.settings},
               "seeds": {k: SEEDS[k] for k in args.settings}, "runs_configs": RUNS, "replayed": REPLAYED,
-              "eval_every": EVAL_EVERY, "anchors": [json.loads(line) for line in anchors.read_text().splitlines()],
+              "eval_every": EVAL_EVERY, "anchors": [{"prompt": a["prompt"], "answer": a["answer"]}
+                                                         for a in map(json.loads, anchors.read_text().splitlines())],
               "summary": table, "targets": targets(table), "not_run": not_run, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "guard.json").write_text(json.dumps(result, indent=2) + "\n")
