@@ -40,9 +40,10 @@ wrong rule on another class of prompts. 25% of the pre-training sums that do not
 (both units digits nonzero: ``no_carry``) are taught ``y`` written over the units digit (``digit_overwritten``:
 ``1231+5`` -> ``1235``). Base: greedy 0.59, avg@16 0.52 (demo-systematic: 0.47), and on the 42 held-out prompts
 of the class the majority of 32 votes is the overwritten digit on 19% and right on 48% (the rest: right on 66%).
-Plain TTRL with the demo preset rises late and then falls (seed 0: avg@16 0.52 -> 0.66 at step 24 -> 0.63 at
-step 48, pass@16 0.89 -> 0.83; seed 1: 0.52 -> 0.62 at step 32 -> 0.61): a later peak than demo-systematic's
-(step 4-8). The share is where pre-training lands between a model that learns the sums (0.15, 0.35: no failure)
+Plain TTRL with the demo preset peaks late: in two probe runs it then fell (seed 0: avg@16 0.52 -> 0.66 at
+step 24 -> 0.63 at step 48, pass@16 0.89 -> 0.83; seed 1: 0.52 -> 0.62 at step 32 -> 0.61), a later peak
+than demo-systematic's (step 4-8); in benchmarks/results/guard.md (5 seeds, anchors evaluated beside the
+prompts, which changes the sampling) it ends 0.6 points below its best on average: a milder failure. The share is where pre-training lands between a model that learns the sums (0.15, 0.35: no failure)
 and one that learns neither (0.5). Shipped weights: ``--rebuild --variant demo-overwrite``, made on an AVX-512
 CPU (AMD EPYC), unlike the other two.
 """
