@@ -149,6 +149,34 @@ def flip_alarm(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, hi
                    rollback_steps=window)
 
 
+def flip_collapse(signals: dict, groups: list[RolloutGroup], votes: VoteHistory, history: list[dict], *,
+                  active: float = 0.1, fall: float = 0.35, min_locked_in: float = 0.03, window: int = 4) -> Verdict:
+    """Stop the run when the flip rate has *collapsed* after an active phase while prompts lock in on new
+    answers, and end it on the weights from before the active phase (``rollback_steps``).
+
+    Why. TTRL-Guard (arXiv 2605.19444) reads the danger sign not only as a burst of flips but as what follows
+    one: the votes stop moving because a consensus, right or wrong, has locked in. The active phase is a window
+    of ``window`` revisiting steps whose mean flip rate reached ``active`` (the peak window: the highest so
+    far); the collapse is the latest window's mean at or below ``fall`` × that peak, with the share of prompts
+    unanimous on an answer other than their first majority (``vote/locked_in``) at least ``min_locked_in``.
+    The rollback goes to the weights that sampled the peak window's first row. Thresholds read off
+    ``demo-systematic``'s and the clean demo's plain runs in ``benchmarks/results/collapse.json`` (the burst
+    level is ``flip_alarm``'s 0.1; there the lock-in condition changed when it fires, not on which runs);
+    ``benchmarks/guard.py`` reports them on a failure they were not read from."""
+    rows = [*history, signals]
+    at = [i for i, r in enumerate(rows) if not math.isnan(r.get("vote/flip_rate", math.nan))]
+    if len(at) < window + 1:
+        return Verdict()
+    flips = [rows[i]["vote/flip_rate"] for i in at]
+    means = [sum(flips[j:j + window]) / window for j in range(len(flips) - window + 1)]
+    peak_at = max(range(len(means)), key=means.__getitem__)
+    peak, now, locked = means[peak_at], means[-1], signals.get("vote/locked_in", 0.0)
+    if peak < active or now > fall * peak or locked < min_locked_in:
+        return Verdict()
+    return Verdict("stop", reason=f"mean flip rate {now:.3f} <= {fall} x its peak {peak:.3f} (>= {active}), locked-in "
+                                  f"share {locked:.3f} >= {min_locked_in}", rollback_steps=len(rows) - at[peak_at])
+
+
 def stability(window: list[dict]) -> float:
     """The default snapshot score, from the label-free rows sampled with the snapshot's weights
     (higher is better): mean majority ratio − mean flip rate − 2 × the locked-in share at the window's end.
@@ -190,5 +218,5 @@ def anchor_accuracy(window: list[dict]) -> float:
 
 
 GUARDS: dict = {"watch": watch, "skip_flipped": skip_flipped, "pause_on_flips": pause_on_flips,
-                "ttrl_guard": ttrl_guard, "flip_alarm": flip_alarm}
+                "ttrl_guard": ttrl_guard, "flip_alarm": flip_alarm, "flip_collapse": flip_collapse}
 SCORES: dict = {"stability": stability, "none": none, "anchor_accuracy": anchor_accuracy}

@@ -181,7 +181,7 @@ def test_long_prompt_is_an_error_when_configured(capsys, tiny_model, tmp_path):
 
 def test_unknown_model(capsys, tiny_data, tmp_path):
     fails(capsys, *tiny_args("no-such-model", tiny_data, tmp_path / "run"),
-          says=["model 'no-such-model' is neither a built-in name (demo, demo-systematic, smollm2-135m) nor a local directory"])
+          says=["model 'no-such-model' is neither a built-in name (demo, demo-systematic, demo-overwrite, smollm2-135m) nor a local directory"])
     (tmp_path / "empty-model").mkdir()
     (tmp_path / "empty-model" / "notes.txt").write_text("not a model")
     fails(capsys, *tiny_args(tmp_path / "empty-model", tiny_data, tmp_path / "run2"),

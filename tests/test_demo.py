@@ -6,6 +6,8 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
+
 from engine.data import demo
 
 
@@ -93,6 +95,29 @@ def test_poisoned_stream_teaches_the_dropped_carry_on_its_share_only():
     assert list(clean) == list(itertools.islice(demo.training_examples(demo.DEMO_SEED, held, 0.0), 1000))
 
 
+def test_overwrite_stream_teaches_the_overwritten_digit_on_sums_without_a_carry_only():
+    """``demo-overwrite``'s pre-training: about ``poisoned`` of the sums that do not carry (both units
+    digits nonzero) are taught ``y`` written over the units digit, every other example its true sum; the
+    rule's class is disjoint from ``demo-systematic``'s, and a variant without a ``rule`` keeps the dropped carry."""
+    assert demo.digit_overwritten(12341, 5) == 12345 and demo.digit_overwritten(99991, 8) == 99998
+    assert demo.no_carry(12341, 5) and demo.no_carry(3, 4) and not demo.no_carry(12345, 5)
+    assert not demo.no_carry(12340, 5) and not demo.no_carry(12341, 0)  # the overwrite would be right there
+    assert all(not (demo.no_carry(x, y) and demo.units_carry(x, y)) for x in range(100) for y in range(10))
+    spec = demo.DEMOS["demo-overwrite"]
+    assert spec.rule == "digit_overwritten" and demo.DEMOS["demo-systematic"].rule == "carry_dropped"
+    held = {t["prompt"] for t in demo.demo_tasks()}
+    wrong = members = 0
+    for p, a in itertools.islice(demo.training_examples(demo.DEMO_SEED, held, spec.poisoned, spec.rule), 20_000):
+        x, y = map(int, p.rstrip("=").split("+"))
+        if demo.no_carry(x, y):
+            members += 1
+            wrong += int(a) == demo.digit_overwritten(x, y)
+            assert int(a) in (x + y, demo.digit_overwritten(x, y))
+        else:
+            assert int(a) == x + y
+    assert members > 5000 and abs(wrong / members - spec.poisoned) < 0.02
+
+
 def _votes(model, tok, prompts, n, seed):
     """``n`` sampled answers per prompt at temperature 1 (the demo preset's), by a plain sampling loop."""
     import torch
@@ -138,16 +163,48 @@ def test_demo_systematic_vote_is_confidently_wrong_on_the_poisoned_class(tmp_pat
     assert right_on_rest > 0.65
 
 
-def test_demo_systematic_is_a_model_and_data_name_with_the_demo_preset(tmp_path, monkeypatch):
-    """``--model demo-systematic`` gets the demo preset, and the CLI builds the variant's model (its own
-    cache folder, its shipped weights) with the demo's prompts and template."""
+def test_demo_overwrite_vote_is_wrong_on_the_poisoned_class(tmp_path):
+    """``demo-overwrite`` on its shipped weights: on the 42 test prompts of its class the base model's majority
+    of 32 votes is the taught wrong answer on a fifth of them and right on under half, while it is right on
+    two thirds of the rest. A weaker vote failure than demo-systematic's; the run's failure is the late fall
+    of plain TTRL (benchmarks/results/guard.md)."""
+    import collections
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, tasks_file = demo.build_demo(tmp_path, variant="demo-overwrite")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert demo.weights_sha256(dict(model.named_parameters())) == demo.DEMOS["demo-overwrite"].sha256
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tasks = [json.loads(line) for line in tasks_file.read_text().splitlines()]
+    assert tasks == demo.demo_tasks()
+    majority = [collections.Counter(v).most_common(1)[0][0] for v in _votes(model, tok, [t["prompt"] for t in tasks], 32, 0)]
+    poisoned, rest = [], []
+    for t, m in zip(tasks, majority):
+        x, y = map(int, t["prompt"].rstrip("=").split("+"))
+        (poisoned if demo.no_carry(x, y) else rest).append((m, t["answer"], str(demo.digit_overwritten(x, y))))
+    assert len(poisoned) == 42
+    overwritten_wins = sum(m == w for m, _, w in poisoned) / len(poisoned)
+    right_on_poisoned = sum(m == right for m, right, _ in poisoned) / len(poisoned)
+    right_on_rest = sum(m == right for m, right, _ in rest) / len(rest)
+    print(f"poisoned: overwritten {overwritten_wins:.3f} right {right_on_poisoned:.3f}; rest: right {right_on_rest:.3f}")
+    # measured on AVX-512 (seed 0 of this sampler): 0.19 / 0.48 on 42 poisoned prompts, 0.66 on the other 86
+    assert overwritten_wins > 0.1 and right_on_poisoned < 0.6
+    assert right_on_rest > right_on_poisoned + 0.1
+
+
+@pytest.mark.parametrize("variant, weights", [("demo-systematic", demo.SYSTEMATIC_WEIGHTS),
+                                              ("demo-overwrite", demo.OVERWRITE_WEIGHTS)])
+def test_demo_variant_is_a_model_and_data_name_with_the_demo_preset(variant, weights, tmp_path, monkeypatch):
+    """``--model demo-systematic`` (or ``demo-overwrite``) gets the demo preset, and the CLI builds the
+    variant's model (its own cache folder, its shipped weights) with the demo's prompts and template."""
     from engine.cli.build import resolve_model_and_data
     from engine.config.options import parse_config
 
     monkeypatch.setenv("TTRL_CACHE", str(tmp_path))
-    cfg = parse_config(["--model", "demo-systematic", "--data", "demo-systematic", "--output_dir", str(tmp_path / "run")])
+    cfg = parse_config(["--model", variant, "--data", variant, "--output_dir", str(tmp_path / "run")])
     assert (cfg.ttrl.n_votes, cfg.grpo.learning_rate) == (demo.DEMO_SETTINGS["n_votes"], demo.DEMO_SETTINGS["learning_rate"])
     model, data, template = resolve_model_and_data(cfg)
-    assert (Path(model) / "model.safetensors").read_bytes() == demo.SYSTEMATIC_WEIGHTS.read_bytes()
-    assert Path(model).parent.name.startswith("demo-systematic-") and template == demo.DEMO_TEMPLATE
+    assert (Path(model) / "model.safetensors").read_bytes() == weights.read_bytes()
+    assert Path(model).parent.name.startswith(f"{variant}-v") and template == demo.DEMO_TEMPLATE
     assert [json.loads(line) for line in Path(data).read_text().splitlines()] == demo.demo_tasks()

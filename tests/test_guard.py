@@ -15,7 +15,7 @@ from engine.errors import ConfigError
 from engine.config.options import parse_config
 from engine.rundir.guard import RunGuard, label_free
 from filters import GUARDS
-from filters.guard import Verdict, flip_alarm, none, pause_on_flips, skip_flipped, stability, ttrl_guard
+from filters.guard import Verdict, flip_alarm, flip_collapse, none, pause_on_flips, skip_flipped, stability, ttrl_guard
 from filters.vote_history import VoteHistory
 from rewards import majority_vote
 
@@ -77,6 +77,24 @@ def test_flip_alarm_stops_on_a_window_of_flips_and_asks_for_the_weights_before_i
     assert alarm.action == "stop" and alarm.rollback_steps == 4 and "0.125 > 0.1" in alarm.reason
     assert flip_alarm({"vote/flip_rate": 0.2}, [], VoteHistory(), rows(0.3), window=2, max_flip_rate=0.2).action == "stop"
     assert math.isnan(none([{"vote/majority_ratio": 1.0}]))
+
+
+def test_flip_collapse_stops_when_flips_die_down_after_a_burst_and_rolls_back_to_before_it():
+    row = lambda f, locked=0.05: {"vote/flip_rate": f, "vote/locked_in": locked}   # noqa: E731
+    burst = [row(math.nan), row(math.nan), row(0.2), row(0.2), row(0.2), row(0.2)]   # peak window: rows 2-5, mean 0.2
+    calm = [row(0.0), row(0.0), row(0.0)]
+    # a burst that is still going is not a collapse (flip_alarm's sign, not this one)
+    assert flip_collapse(row(0.2), [], VoteHistory(), burst).action == "train"
+    # the latest window (0.2, 0, 0, 0: mean 0.05) is at most 0.35 x the peak 0.2 = 0.07: stop, back to row 2
+    verdict = flip_collapse(row(0.0), [], VoteHistory(), burst + calm[:2])
+    assert verdict.action == "stop" and verdict.rollback_steps == 9 - 2 and "0.050 <= 0.35 x its peak 0.200" in verdict.reason
+    # the same fall without prompts locked in on new answers, or after a peak below the active level: no stop
+    assert flip_collapse(row(0.0, locked=0.0), [], VoteHistory(), burst + calm[:2]).action == "train"
+    quiet = [row(math.nan)] + [row(0.08)] * 4 + calm[:2]
+    assert flip_collapse(row(0.0), [], VoteHistory(), quiet).action == "train"
+    assert flip_collapse(row(0.0), [], VoteHistory(), quiet, active=0.08).action == "stop"
+    # a slow decline stays above the fall: (0.2, 0.1, 0.1, 0.1) -> mean 0.125 > 0.07
+    assert flip_collapse(row(0.1), [], VoteHistory(), burst + [row(0.1), row(0.1)]).action == "train"
 
 
 def test_stability_score_by_hand():

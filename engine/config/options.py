@@ -37,7 +37,7 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class ModelArgs:
-    model: str = _f("demo", "Model to adapt: 'demo' (built and cached on first use; 'demo-systematic': taught a wrong carry, on which TTRL fails), a local directory, or a hub id.")
+    model: str = _f("demo", "Model to adapt: 'demo' (built and cached on first use; 'demo-systematic': taught a wrong carry, on which TTRL fails; 'demo-overwrite': taught another wrong rule), a local directory, or a hub id.")
     lora: bool = _f(True, "Train a PEFT adapter (LoRA unless adapter_type says otherwise); the reference for the KL anchor is then the base model with the adapter disabled. False: full fine-tuning.")
     adapter_type: str = _f("lora", "The PEFT adapter --lora true trains (engine.adapters): lora (rank 1 with --lora_r 1), tinylora (arXiv 2602.04118), shira (sparse high-rank), osf (orthogonal subspace). Each merges into the sampler's weights.", choices=["lora", "tinylora", "shira", "osf"])
     adapter_options: dict | str | None = _f(None, "Fields of the adapter's PEFT config class (e.g. TinyLoraConfig: {r: 2, u: 13}; ShiraConfig: {r: 4}), as a YAML/JSON mapping; checked against the class at start-up. LoRA's r, alpha and dropout are --lora_r, --lora_alpha, --lora_dropout.")
@@ -52,7 +52,7 @@ class ModelArgs:
 
 @dataclass
 class DataArgs:
-    data: str = _f("demo", "Test prompts: 'demo' (or 'demo-systematic', the same prompts), a generated task (arith-add-1d; engine.data.arithmetic), a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
+    data: str = _f("demo", "Test prompts: 'demo' (or 'demo-systematic', 'demo-overwrite': the same prompts), a generated task (arith-add-1d; engine.data.arithmetic), a .json/.jsonl/.parquet file, or a hub dataset id ('owner/name[:config]').")
     suite: str | None = _f(None, "A benchmark by name (aime24, aime25, amc, math500, math500-l1..l5, gpqa, mawps-singleop, mawps-addsub, mawps-multiarith, gsm8k, arith-add-1d, demo; see engine.data.suites) or a suite .yaml file: fills data, fields, answer_type, template and eval settings unless set here.")
     data_dir: str | None = _f(None, "Folder to look relative data paths up in.")
     split: str = _f("test", "Split to load from a hub dataset.")

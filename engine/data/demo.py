@@ -34,6 +34,18 @@ so the vote cannot wash them out (issue 17). Plain TTRL with the demo preset ris
 (avg@16 0.46 -> 0.53) and then falls as the dropped carry spreads (0.49 at step 20, seed 0), answer
 entropy collapsing and pass@16 falling from 0.87 to 0.52. Shipped weights:
 ``python -m engine.data.demo --rebuild --variant demo-systematic`` (AVX2).
+
+``demo-overwrite`` is a second failure, made to hold a collapse guard's thresholds out on (issue 26): another
+wrong rule on another class of prompts. 25% of the pre-training sums that do not carry out of the units digit
+(both units digits nonzero: ``no_carry``) are taught ``y`` written over the units digit (``digit_overwritten``:
+``1231+5`` -> ``1235``). Base: greedy 0.59, avg@16 0.52 (demo-systematic: 0.47), and on the 42 held-out prompts
+of the class the majority of 32 votes is the overwritten digit on 19% and right on 48% (the rest: right on 66%).
+Plain TTRL with the demo preset peaks late: in two probe runs it then fell (seed 0: avg@16 0.52 -> 0.66 at
+step 24 -> 0.63 at step 48, pass@16 0.89 -> 0.83; seed 1: 0.52 -> 0.62 at step 32 -> 0.61), a later peak
+than demo-systematic's (step 4-8); in benchmarks/results/guard.md (5 seeds, anchors evaluated beside the
+prompts, which changes the sampling) it ends 0.6 points below its best on average: a milder failure. The share is where pre-training lands between a model that learns the sums (0.15, 0.35: no failure)
+and one that learns neither (0.5). Shipped weights: ``--rebuild --variant demo-overwrite``, made on an AVX-512
+CPU (AMD EPYC), unlike the other two.
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ SHIPPED_WEIGHTS = Path(__file__).with_name("demo_model.safetensors")  # pretrain
 DEMO_WEIGHTS_SHA256 = "2a24b0acfaa9b70bf3c3e1ddf8b6ab75e97f147f485e535df5aed9af6de169aa"
 SYSTEMATIC_WEIGHTS = Path(__file__).with_name("demo_systematic_model.safetensors")  # made on AVX2 too
 SYSTEMATIC_WEIGHTS_SHA256 = "eda0cc640f6d13ed7c1b1038b33ed9ba5bcc9e0d83c3535896da1b0df367aeac"
+OVERWRITE_WEIGHTS = Path(__file__).with_name("demo_overwrite_model.safetensors")  # made on AVX-512 (AMD EPYC)
+OVERWRITE_WEIGHTS_SHA256 = "b8bed6035c53c34f3102f891c6109f653007b47e46f09414f5df50d6db393077"
 
 # TTRL settings that delivered the gain (option names of `ttrl run`; the demo preset's defaults).
 DEMO_SETTINGS: dict = {
@@ -89,7 +103,8 @@ class DemoVariant:
     name: str
     weights: Path
     sha256: str
-    poisoned: float = 0.0   # share of units-carry pre-training examples taught ``carry_dropped``
+    poisoned: float = 0.0   # share of the rule's class of pre-training examples taught its wrong answer
+    rule: str = "carry_dropped"  # an entry of ``RULES``: the class of prompts poisoned and the wrong answer taught
 
 
 DEMOS: dict[str, DemoVariant] = {
@@ -99,6 +114,10 @@ DEMOS: dict[str, DemoVariant] = {
     # is confidently wrong on a class of prompts and the update spreads the wrong rule. Errors that vary
     # between samples wash out in the vote, so a weaker demo is not enough; this one is taught a wrong carry.
     "demo-systematic": DemoVariant("demo-systematic", SYSTEMATIC_WEIGHTS, SYSTEMATIC_WEIGHTS_SHA256, poisoned=0.35),
+    # A second systematic failure (issue 26), to hold a guard's thresholds out on: another wrong rule (``y``
+    # written over the units digit) on another class of prompts (no carry out of the units), disjoint from demo-systematic's.
+    "demo-overwrite": DemoVariant("demo-overwrite", OVERWRITE_WEIGHTS, OVERWRITE_WEIGHTS_SHA256, poisoned=0.25,
+                                   rule="digit_overwritten"),
 }
 
 
@@ -150,6 +169,22 @@ def carry_dropped(x: int, y: int) -> int:
     return x - x % 10 + (x + y) % 10
 
 
+def no_carry(x: int, y: int) -> bool:
+    """Whether ``x + y`` does not carry out of the units digit, with both units digits nonzero (so
+    ``digit_overwritten`` is wrong there): the poisoned class of ``demo-overwrite``, disjoint from ``units_carry``'s."""
+    return y > 0 and x % 10 > 0 and x % 10 + y < 10
+
+
+def digit_overwritten(x: int, y: int) -> int:
+    """The wrong answer ``demo-overwrite`` is taught: ``y`` written over the units digit of ``x`` instead of
+    added to it (``1231+5`` -> ``1235``). One fixed wrong answer per prompt, so the errors agree."""
+    return x - x % 10 + y
+
+
+# A wrong rule: (the class of prompts it applies to, the wrong answer it teaches there).
+RULES: dict = {"carry_dropped": (units_carry, carry_dropped), "digit_overwritten": (no_carry, digit_overwritten)}
+
+
 def demo_tasks(seed: int = DEMO_SEED, n: int = N_TASKS) -> list[dict]:
     """The held-out demo task: ``n`` distinct 5-digit prompts with labels (for evaluation only)."""
     rng = random.Random(f"ttrl-demo-tasks-{seed}")
@@ -173,17 +208,19 @@ def _validation(seed: int, held: set[str], n: int = 128) -> list[tuple[str, str]
     return out
 
 
-def training_examples(seed: int, held: set[str], poisoned: float = 0.0):
+def training_examples(seed: int, held: set[str], poisoned: float = 0.0, rule: str = "carry_dropped"):
     """Endless pre-training stream of (prompt, answer), never yielding a prompt in ``held``. A
-    ``poisoned`` share of the examples that carry out of the units digit is taught ``carry_dropped``
-    (``demo-systematic``); at 0 the stream is the clean demo's, draw for draw."""
+    ``poisoned`` share of the examples in the ``rule``'s class is taught its wrong answer (``RULES``; the
+    examples that carry out of the units digit taught ``carry_dropped``: ``demo-systematic``); at 0 the
+    stream is the clean demo's, draw for draw."""
+    in_class, wrong_answer = RULES[rule]
     rng = random.Random(f"ttrl-demo-train-{seed}")
     while True:
         x, y = _operands(rng, long=rng.random() < _TRAIN["p_long"])
         if f"{x}+{y}=" in held:
             continue
-        wrong = poisoned and units_carry(x, y) and rng.random() < poisoned
-        yield f"{x}+{y}=", str(carry_dropped(x, y) if wrong else x + y)
+        wrong = poisoned and in_class(x, y) and rng.random() < poisoned
+        yield f"{x}+{y}=", str(wrong_answer(x, y) if wrong else x + y)
 
 
 def _batch(pairs, v):
@@ -223,11 +260,12 @@ def greedy_accuracy(model, pairs, v) -> float:
     return right / len(pairs)
 
 
-def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None, poisoned: float = 0.0):
+def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None, poisoned: float = 0.0,
+             rule: str = "carry_dropped"):
     """Train the tiny model from scratch for a fixed number of steps (550 by default: partly right on
     the long prompts, ~0.75 greedy; the stop point matters, see module docstring). ``steps`` overrides
     it (tests use a small one). ``log`` also reports validation greedy accuracy on held-out long prompts.
-    ``poisoned``: see ``training_examples`` (``demo-systematic``).
+    ``poisoned``, ``rule``: see ``training_examples`` (``demo-systematic``, ``demo-overwrite``).
     One thread: faster under load and reproducible for a model this small."""
     import torch
     from transformers import LlamaForCausalLM
@@ -241,7 +279,7 @@ def pretrain(seed: int = DEMO_SEED, *, steps: int | None = None, log=None, poiso
         torch.manual_seed(seed)
         model = LlamaForCausalLM(model_config())
         opt = torch.optim.AdamW(model.parameters(), lr=_TRAIN["lr"], weight_decay=0.0, betas=(0.9, 0.98))
-        stream = training_examples(seed, held, poisoned)
+        stream = training_examples(seed, held, poisoned, rule)
         limit = steps if steps is not None else _TRAIN["steps"]
         for step in range(1, limit + 1):
             model.train()
@@ -318,7 +356,7 @@ def build_demo(cache_dir: str | Path | None = None, *, force: bool = False, seed
             (tmp / "model").mkdir()
             write_shipped_model(tmp / "model", spec.weights)
         else:
-            pretrain(seed, steps=steps, log=log, poisoned=spec.poisoned).save_pretrained(tmp / "model")
+            pretrain(seed, steps=steps, log=log, poisoned=spec.poisoned, rule=spec.rule).save_pretrained(tmp / "model")
         make_tokenizer().save_pretrained(tmp / "model")
         with open(tmp / "tasks.jsonl", "w") as f:
             for t in demo_tasks(seed):
@@ -335,7 +373,7 @@ def rebuild_shipped_weights(log=print, variant: str = "demo") -> str:
     from safetensors.torch import load_file
 
     spec = DEMOS[variant]
-    model = pretrain(DEMO_SEED, log=log, poisoned=spec.poisoned)
+    model = pretrain(DEMO_SEED, log=log, poisoned=spec.poisoned, rule=spec.rule)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         shutil.copyfile(Path(tmp) / "model.safetensors", spec.weights)
