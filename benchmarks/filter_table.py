@@ -4,7 +4,7 @@ Issue 26 part 4. Nothing is run: the rows are computed from the per-seed runs of
 configuration beside plain TTRL (``SOURCES``), each row against the plain runs of its own file and regime (its
 own prompts, model, commit and machine). Regimes: the clean demo, the demo with 20% of the groups' rewards
 inverted (``benchmarks.noise``), ``demo-systematic`` (the vote confidently wrong on one carry class), a second,
-held-out systematic failure (``guard.json``, read when it exists) and the real model (SmolLM2-135M on
+held-out systematic failure (``demo-overwrite``, ``guard.json``) and the real model (SmolLM2-135M on
 ``arith-add-1d``). Controls that are not a filter, selector or guard (``--reward random``) are left out, and so
 are the plain arms on other seeds, which measure the noise instead.
 
@@ -51,7 +51,7 @@ RESULTS = Path(__file__).parent / "results"
 BEGIN, END = "<!-- filter-table:begin -->", "<!-- filter-table:end -->"
 SUMMARY_BEGIN, SUMMARY_END = "<!-- filter-summary:begin -->", "<!-- filter-summary:end -->"
 REGIMES = {"clean": "clean demo", "flipped": "demo, 20% flipped", "systematic": "`demo-systematic`",
-           "held_out": "held-out failure", "real_model": "real model"}
+           "held_out": "`demo-overwrite` (held out)", "real_model": "real model"}
 # each source's configuration names → one name per configuration across sources
 CANONICAL = {
     "filters.json": {"max_variance": "max_variance", "best": "max_variance_16_8", "half_votes": "first_8_of_16",
@@ -61,6 +61,8 @@ CANONICAL = {
     "sequential.json": {"seq16": "seq16", "seq16_keep": "seq16_keep", "seq8": "seq8", "seq8_keep": "seq8_keep"},
     "anchor.json": {"influence": "influence_labeled", "anchor_guard": "anchor_guard", "anchor_train_4": "anchor_train_4",
                     "anchor_train_16": "anchor_train_16", "consensus": "consensus"},
+    "guard.json": {"anchor_guard": "anchor_guard", "flip_alarm": "flip_alarm", "flip_collapse": "flip_collapse",
+                   "ttrl_guard": "ttrl_guard"},
     "real_model_filter.json": {"max_variance": "max_variance"},
     "real_model_sequential.json": {"sequential": "seq16_keep"},  # n_train rows first, unanimous groups trained
 }
@@ -72,7 +74,8 @@ LABELS = {
     "history_skip": "`zero_variance` + `history_skip` (GRESO)", "consensus": "`consensus` (SCRL)",
     "flip_alarm": "`--guard flip_alarm`", "watch_guard": "`--guard watch` (stability score)",
     "anchor_guard": "`--guard_score anchor_accuracy`", "anchor_train_4": "`--anchor_train 4` (control)",
-    "anchor_train_16": "`--anchor_train 16` (control)",
+    "anchor_train_16": "`--anchor_train 16` (control)", "flip_collapse": "`--guard flip_collapse`",
+    "ttrl_guard": "`--guard ttrl_guard`",
     "seq16": SEQ, "seq16_keep": KEEP, "seq8": SEQ + ", train 8", "seq8_keep": KEEP + ", train 8",
 }
 VARIANTS = {"flip_alarm_h": "held-out seeds"}
@@ -139,14 +142,16 @@ def read_anchor(data: dict) -> list[dict]:
 
 
 def read_guard(data: dict) -> list[dict]:
-    """guard.json (not written yet when this reader was): assumed to share the runs layout of anchor.json, its
-    second systematic failure under a setting named ``held_out`` and the demo-systematic/clean ones as in the others.
-    Untested until the file exists; a setting it cannot place stops the script rather than dropping rows."""
-    regime_of = {"held_out": "held_out", "systematic": "systematic", "demo": "clean", "clean": "clean"}
+    """guard.json: its runs name setting, config and seed with the final avg@16 as ``final_avg16`` (the guard's
+    chosen step's evaluation; no token counts: the replayed guards were not separate runs). ``overwrite``
+    (``demo-overwrite``) is the held-out failure; a setting this reader cannot place stops the script."""
+    regime_of = {"overwrite": "held_out", "systematic": "systematic", "clean": "clean"}
     unplaced = sorted({str(r.get("setting")) for r in data["runs"]} - set(regime_of))
     if unplaced:
         raise SystemExit(f"guard.json: settings {unplaced} have no regime; name them in read_guard")
-    return blocks_of_runs("guard.json", data, data["runs"], regime_of)
+    runs = [{"setting": r["setting"], "config": r["config"], "seed": r["seed"],
+             "final": {"accuracy/avg@16": r["final_avg16"]}} for r in data["runs"]]
+    return blocks_of_runs("guard.json", data, runs, regime_of)
 
 
 def read_real_model(name: str, data: dict, earlier: list[dict]) -> list[dict]:
