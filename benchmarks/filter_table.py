@@ -65,6 +65,7 @@ CANONICAL = {
                    "ttrl_guard": "ttrl_guard"},
     "real_model_filter.json": {"max_variance": "max_variance"},
     "real_model_sequential.json": {"sequential": "seq16_keep"},  # n_train rows first, unanimous groups trained
+    "real_model_anchor.json": {"influence_labeled": "influence_labeled", "anchor_train": "anchor_train_4"},
 }
 SEQ, KEEP = "`--sequential_vote enforce`", "`--sequential_vote enforce --vote_unanimous train`"
 LABELS = {
@@ -155,12 +156,17 @@ def read_guard(data: dict) -> list[dict]:
 
 
 def read_real_model(name: str, data: dict, earlier: list[dict]) -> list[dict]:
-    """A real-model file: ``runs`` keyed ``ARM-sSEED``, plain TTRL is the ``ttrl`` arm, the final is avg@8 after."""
+    """A real-model file: ``runs`` keyed ``ARM-sSEED``, plain TTRL is the ``ttrl`` arm, the final is avg@8 after.
+    A file of new arms only (no ``ttrl`` runs) is paired with the plain runs of ``real_model.json``, the same
+    recipe and seeds (its plain runs reproduced exactly in ``real_model_sequential.json``); they count as reused."""
     arms: dict[str, dict] = {}
-    for key, r in data["runs"].items():
+    plain_runs = {} if any(k.startswith("ttrl-s") for k in data["runs"]) else {
+        k: r for e in earlier for k, r in e["runs"].items() if k.startswith("ttrl-s")}
+    for key, r in [*data["runs"].items(), *plain_runs.items()]:
         arm, seed = key.rsplit("-s", 1)
         # a plain run identical to one of an earlier file was read from that run's directory, not made beside the others
-        reused = any(e["provenance"]["date_utc"] < data["provenance"]["date_utc"] and e["runs"].get(key) == r for e in earlier)
+        reused = key in plain_runs or any(e["provenance"]["date_utc"] < data["provenance"]["date_utc"]
+                                          and e["runs"].get(key) == r for e in earlier)
         arms.setdefault(arm, {})[int(seed)] = {
             "seed": int(seed), "final": r["after"]["avg@8"], "sampled": r.get("tokens_generated"), "trained": None,
             "wall": 60 * r["minutes"]["total"] if r.get("minutes") else None, "reused": reused}
@@ -318,7 +324,7 @@ def main() -> None:
                "anchor.json": read_anchor, "guard.json": read_guard}
     earlier = [load[n] for n in ("real_model.json",) if n in load]
     blocks = [b for name, read in readers.items() if name in load for b in read(load[name])]
-    blocks += [b for name in ("real_model_filter.json", "real_model_sequential.json") if name in load
+    blocks += [b for name in ("real_model_filter.json", "real_model_sequential.json", "real_model_anchor.json") if name in load
                for b in read_real_model(name, load[name], earlier)]
     order = list(REGIMES)
     blocks.sort(key=lambda b: order.index(b["regime"]))  # stable: the sources' order within a regime

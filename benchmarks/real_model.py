@@ -11,6 +11,9 @@ majority-over-sample gap and a vote whose rewards mostly agree with the true one
 - ``max_variance`` (``--arms``): TTRL training on the 4 rollouts with the largest reward variance (PODS);
 - ``sequential`` (``--arms``): TTRL with ``--sequential_vote enforce``: the 4 training rows first, then 4 more
   votes at a time while the vote is undecided, unanimous groups trained as plain TTRL trains them.
+- ``influence_labeled`` and ``anchor_train`` (``--arms``): 16 labeled anchors (``write_anchors``: single-digit
+  sums that are not among the 64 questions) passed as ``--anchor``; the influence selector with their gradient as
+  its target (LESS), or the control that trains on them directly, 4 in every step (``--anchor_train 4``).
 
 Recorded per run: greedy / avg@8 / maj@8 / pass@8 before and after, the vote's label and reward accuracy
 over the run, wall minutes per stage; per arm the mean and spread over seeds. The model is the
@@ -45,7 +48,8 @@ RECIPE = ["--model", "smollm2-135m", "--suite", "arith-add-1d", "--sampler", "vl
           "--temperature", "0.8", "--max_completion_length", "24",
           "--lora", "true", "--lora_r", "16", "--learning_rate", "3e-4", "--beta", "0.02",
           "--eval_k", "8", "--eval_temperature", "0.8", "--eval_max_tokens", "24",
-          "--save_every", "0", "--progress", "false"]
+          "--save_every", "0", "--progress", "false",
+          "--logps_chunk_tokens", "0"]  # TRL's own fused head, as the committed runs had (before engine.chunked_logps)
 ARMS: dict[str, list[str]] = {
     "ttrl": [],
     "random": ["--reward", "random"],
@@ -53,8 +57,28 @@ ARMS: dict[str, list[str]] = {
     # sequential voting: the 4 training rows first, then 4 more votes at a time while the vote is undecided;
     # unanimous groups stop sampling and train, as in plain TTRL (benchmarks/sequential.py's seq16_keep)
     "sequential": ["--sequential_vote", "enforce", "--vote_round", "4", "--vote_unanimous", "train"],
+    # labeled anchors (--anchor, written by write_anchors into the work dir): LESS's target, or trained directly
+    "influence_labeled": ["--selector", "{name: influence, target: labeled}"],
+    "anchor_train": ["--anchor_train", "4"],
 }
+ANCHORED = ("influence_labeled", "anchor_train")  # the arms that get --anchor FILE
 METRICS = ("greedy", "avg@8", "maj@8", "pass@8")
+
+
+def write_anchors(path: Path, n: int = 16, seed: int = 1234) -> Path:
+    """``n`` labeled single-digit sums in the task's own form that are not among its 64 questions (36 such
+    pairs exist), drawn by ``seed``: the anchors of the ``ANCHORED`` arms, in the fields the task file has."""
+    from engine.data.arithmetic import GENERATED, arithmetic_tasks
+
+    spec = GENERATED["arith-add-1d"]
+    test = {t.question for t in arithmetic_tasks(spec.n, op=spec.op, low=spec.low, high=spec.high, form=spec.form,
+                                                  seed=spec.seed)}
+    every = arithmetic_tasks((spec.high - spec.low + 1) ** 2, op=spec.op, low=spec.low, high=spec.high,
+                             form=spec.form, seed=seed)
+    rows = [{"id": f"anchor-{t.id}", "prompt": t.question, "answer": t.label} for t in every if t.question not in test][:n]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def run_one(arm: str, seed: int, work: Path, log_dir: Path) -> Path:
@@ -65,7 +89,8 @@ def run_one(arm: str, seed: int, work: Path, log_dir: Path) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "engine.cli.main", "run", *RECIPE, *ARMS[arm], "--seed", str(seed),
+    anchor = ["--anchor", str(work / "anchors.jsonl")] if arm in ANCHORED else []  # written by main
+    cmd = [sys.executable, "-m", "engine.cli.main", "run", *RECIPE, *ARMS[arm], *anchor, "--seed", str(seed),
            "--output_dir", str(out)]
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{arm}-s{seed}.log", "a") as log:
@@ -116,6 +141,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, jobs=args.jobs)
     plan = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    if any(arm in ANCHORED for arm in args.arms):
+        write_anchors(args.work_dir / "anchors.jsonl")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         dirs = list(pool.map(lambda p: run_one(*p, args.work_dir, args.work_dir / "logs"), plan))
     runs = {f"{arm}-s{seed}": read_run(d) for (arm, seed), d in zip(plan, dirs)}
