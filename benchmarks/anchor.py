@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from benchmarks import provenance
-from benchmarks.filtering import run_all
+from benchmarks.filtering import run_all, work_dir
 from benchmarks.influence_signal import write_anchors
 from benchmarks.noise import reward_spec
 
@@ -126,13 +124,11 @@ def main(argv=None) -> None:
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-anchor-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work_dir, "ttrl-anchor-")
     anchors = write_anchors(work / "anchors.jsonl")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **CONFIGS[name], "anchor": str(anchors), **noise(setting, seed)},
              seed) for setting in args.settings for name in CONFIGS for seed in args.seeds]
-    runs = [run_record(r) for r in run_all(jobs, work, env, args.jobs, 0, "")]
+    runs = [run_record(r) for r in run_all(jobs, work, args.jobs, 0, "")]
     tables = {s: summarize([r for r in runs if r["setting"] == s]) for s in args.settings}
     result = {"provenance": provenance.finish(record), "episodes": 12, "configs": CONFIGS, "seeds": args.seeds,
               "anchors": [{"prompt": a["prompt"], "answer": a["answer"]}

@@ -42,13 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from benchmarks import provenance
-from benchmarks.filtering import FINAL, TARGET, run_all, stats
+from benchmarks.filtering import FINAL, TARGET, run_all, stats, work_dir
 
 RESULTS = Path(__file__).parent / "results"
 FLIP = 0.2
@@ -306,15 +304,13 @@ def main(argv=None) -> None:
                          "listed under not_run)")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-collapse-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    work = work_dir(args.work_dir, "ttrl-collapse-")
     jobs = jobs_for(args.seeds, args.settings, args.configs)
     not_run = []
     if args.finished_only:
         not_run = [f"{name}-s{seed}" for name, _, seed in jobs if not (work / f"{name}-s{seed}" / "summary.json").exists()]
         jobs = [j for j in jobs if f"{j[0]}-s{j[2]}" not in not_run]
-    runs = run_all(jobs, work, env, args.jobs, args.eval_every, "")
+    runs = run_all(jobs, work, args.jobs, args.eval_every, "")
     for (name, _, seed), run in zip(jobs, runs):
         run["setting"], run["config"] = name.split("-", 1)
     runs = [describe(run, work / f"{name}-s{seed}") for (name, _, seed), run in zip(jobs, runs)]

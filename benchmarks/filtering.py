@@ -67,8 +67,18 @@ SEED_OFFSET = {"plain_b": 100}  # plain_b runs seeds 100-104 against plain's 0-4
 NOISY = ("plain", "plain_b", "max_variance", "influence")
 
 
-def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict, eval_every: int) -> dict:
-    """Run one configuration and seed (or reuse its finished run directory under ``work``: ``reused``)."""
+def work_dir(path: str | None, prefix: str) -> Path:
+    """A benchmark's ``--work-dir`` (created), or a fresh temporary directory named ``prefix``: where its runs go."""
+    work = Path(path) if path else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def run_one(name: str, overrides: dict, seed: int, work: Path, eval_every: int) -> dict:
+    """Run one configuration and seed (or reuse its finished run directory under ``work``: ``reused``).
+    Every run is offline, unbuffered and on one OpenMP thread: configurations are timed under the same
+    conditions, and a busy machine cannot turn OpenMP's spin-waiting into a 30x slowdown (seen with two runs
+    on 2 cores)."""
     out = work / f"{name}-s{seed}"
     reused = (out / "summary.json").exists()
     if not reused:
@@ -76,6 +86,7 @@ def run_one(name: str, overrides: dict, seed: int, work: Path, env: dict, eval_e
         cfg = {"eval_every": eval_every, "progress": False, "seed": seed, "output_dir": str(out), **overrides}
         cfg_file = work / f"{name}-s{seed}.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "run", str(cfg_file)], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -218,12 +229,12 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_all(jobs: list[tuple[str, dict, int]], work: Path, env: dict, parallel: int, eval_every: int,
+def run_all(jobs: list[tuple[str, dict, int]], work: Path, parallel: int, eval_every: int,
             label: str) -> list[dict]:
     """Run (name, overrides, seed) jobs, ``parallel`` at a time; results in job order."""
     def one(job):
         name, overrides, seed = job
-        r = run_one(name, overrides, seed, work, env, eval_every)
+        r = run_one(name, overrides, seed, work, eval_every)
         print(f"{label}{name} seed {seed}: avg@16 {100 * r['final'][TARGET]:.1f} greedy "
               f"{100 * r['final']['accuracy/greedy']:.1f} tokens {r['tokens_generated'] + r['tokens_trained']:,} "
               f"({r['wall_s']:.0f} s)", flush=True)
@@ -243,22 +254,19 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-every", type=int, default=8, help="steps between avg@16 evaluations (4 steps = 1 episode)")
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
-    # One thread per run: every configuration is timed under the same conditions, and a busy machine
-    # cannot turn OpenMP's spin-waiting into a 30x slowdown (seen here with two runs on 2 cores).
+    # One thread per run (run_one)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-filters-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    work = work_dir(args.work_dir, "ttrl-filters-")
     names = [n for n in CONFIGS if n in ("plain", "plain_b") or not args.only or n in args.only]
     seeds_of = {n: [s + SEED_OFFSET.get(n, 0) for s in args.seeds] for n in CONFIGS}
     # configuration-major, in CONFIGS order: an interrupted benchmark has its first configurations on all seeds
     runs = run_all([(n, CONFIGS[n], s) for n in names for s in seeds_of[n]],
-                   work, env, args.jobs, args.eval_every, "")
+                   work, args.jobs, args.eval_every, "")
     noisy = []
     if args.noise > 0:
         jobs = [(f"noisy-{n}", {**CONFIGS[n], "reward": reward_spec(args.noise, s)}, s)
                 for n in NOISY if n in args.noisy_configs for s in seeds_of[n]]
-        noisy = run_all(jobs, work, env, args.jobs, args.eval_every, "")
+        noisy = run_all(jobs, work, args.jobs, args.eval_every, "")
         for r in noisy:
             r["config"] = r["config"].removeprefix("noisy-")
     table = summarize(runs)

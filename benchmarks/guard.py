@@ -42,13 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from benchmarks import provenance
-from benchmarks.filtering import run_all
+from benchmarks.filtering import run_all, work_dir
 from benchmarks.influence_signal import write_anchors
 from engine.rundir.guard import label_free
 from filters.guard import flip_alarm, flip_collapse
@@ -276,10 +274,8 @@ def main(argv=None) -> None:
                          "listed under not_run)")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-guard-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work_dir, "ttrl-guard-")
     anchors = write_anchors(work / "anchors.jsonl")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     # plain first (it stands for four configurations), then ttrl_guard, the held-out failure first
     order = sorted(args.settings, key=["overwrite", "systematic", "clean"].index)
     jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **RUNS[name], "anchor": str(anchors)}, seed)
@@ -288,7 +284,7 @@ def main(argv=None) -> None:
     if args.finished_only:
         not_run = [f"{name}-s{seed}" for name, _, seed in jobs if not (work / f"{name}-s{seed}" / "summary.json").exists()]
         jobs = [j for j in jobs if f"{j[0]}-s{j[2]}" not in not_run]
-    run_all(jobs, work, env, args.jobs, EVAL_EVERY, "")
+    run_all(jobs, work, args.jobs, EVAL_EVERY, "")
     runs = [r for name, _, seed in jobs for r in records(*name.split("-", 1), seed, work / f"{name}-s{seed}")]
     table = summarize(runs)
     result = {"provenance": provenance.finish(record), "settings": {k: SETTINGS[k] for k in args.settings},

@@ -34,13 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from benchmarks import provenance
-from benchmarks.filtering import run_all
+from benchmarks.filtering import run_all, work_dir
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = "accuracy/avg@16"
@@ -165,12 +163,10 @@ def main(argv=None) -> None:
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-sequential-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    work = work_dir(args.work_dir, "ttrl-sequential-")
     jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **CONFIGS[name]}, seed + SEED_OFFSET.get(name, 0))
             for setting in args.settings for name in args.configs for seed in args.seeds]
-    runs = run_all(jobs, work, env, args.jobs, 0, "")
+    runs = run_all(jobs, work, args.jobs, 0, "")
     runs = [run_record(r, work) for r in runs]
     summaries = {s: summarize([r for r in runs if r["setting"] == s]) for s in args.settings}
     result = {"provenance": provenance.finish(record), "episodes": 12, "n_votes": 32, "configs": CONFIGS,

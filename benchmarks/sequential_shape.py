@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from benchmarks import provenance
-from benchmarks.filtering import run_all
+from benchmarks.filtering import run_all, work_dir
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = "accuracy/avg@16"
@@ -57,13 +55,11 @@ def main(argv=None) -> None:
     ap.add_argument("--work-dir", help="keep run directories here; finished runs found there are reused")
     args = ap.parse_args(argv)
     record = provenance.collect(__file__, argv, threads_per_run=1, parallel_runs=args.jobs)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttrl-seq-shape-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    work = work_dir(args.work_dir, "ttrl-seq-shape-")
     jobs = [(f"{setting}-{name}", {**SETTINGS[setting], **SHAPE, **CONFIGS[name]}, seed)
             for setting in SETTINGS for name in CONFIGS for seed in args.seeds]
     runs = []
-    for (name, _, seed), r in zip(jobs, run_all(jobs, work, env, args.jobs, 0, "")):
+    for (name, _, seed), r in zip(jobs, run_all(jobs, work, args.jobs, 0, "")):
         setting, config = name.split("-", 1)
         runs.append({"setting": setting, "config": config, "seed": seed, "final_avg16": r["final"][TARGET],
                      "before_avg16": r["before"][TARGET], "tokens_generated": r["tokens_generated"],
